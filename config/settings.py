@@ -1,0 +1,114 @@
+"""Settings from the environment (design.md §5), typed and validated once per process."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The repository's sibling `shared/vendor-specs`, where the vendors' OpenAPI documents live.
+DEFAULT_VENDOR_SPECS = Path(__file__).resolve().parent.parent.parent / "shared" / "vendor-specs"
+
+
+class Settings(BaseSettings):
+    """Everything that varies per deployment. Field names are the environment variables."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", env_file=None)
+
+    # Infrastructure
+    comms_broker_url: str = "redis://localhost:6379/0"
+    #: Result backend for chord receipts; empty = derived from the broker (Redis, or in-memory).
+    comms_result_backend: str = ""
+    comms_database_url: str = "sqlite:///comms.db"
+    #: Redis visibility timeout (s), set identically for broker and result backend.
+    comms_visibility_timeout: int = Field(default=3600, ge=60)
+    #: Upper bound (s) for any Celery countdown/ETA; longer waits go to the deferral table.
+    comms_max_countdown: int = Field(default=300, ge=1)
+    #: Multiplies every retry-table delay; 1.0 in production, smaller in tests and the demo.
+    #: A vendor's own Retry-After is never scaled.
+    comms_delay_scale: float = Field(default=1.0, gt=0)
+    #: "chord" (the design card: the terminal receipt is a chord callback) or "inline"
+    #: (the channel task writes it in the same transaction as the send state).
+    comms_receipt_mode: str = "chord"
+    #: Seconds a claimed send may run before another attempt may take it over.
+    comms_claim_lease: int = Field(default=120, ge=5)
+    #: HTTP timeouts (s) for every vendor call: connect, read.
+    comms_http_connect_timeout: float = 5.0
+    comms_http_read_timeout: float = 30.0
+    #: Largest accepted request envelope, in bytes of JSON.
+    comms_max_request_bytes: int = 64 * 1024
+    comms_vendor_specs_dir: Path = DEFAULT_VENDOR_SPECS
+    comms_webhook_base_url: str | None = None
+
+    # Customer messaging (issue 4)
+    #: From and reply-to of every e-mail: the monitored support inbox.
+    comms_support_email: str = "support@meowmobile.com"
+    comms_support_name: str = "Meow Mobile Support"
+    #: Unsubscribe page linked from every e-mail footer; empty = {COMMS_WEBHOOK_BASE_URL}/email/unsubscribe.
+    comms_unsubscribe_url: str = ""
+    #: Key that signs unsubscribe links so they cannot be forged for another address.
+    comms_unsubscribe_secret: SecretStr = SecretStr("change-me")
+    #: Region for phone numbers given without a country code (ISO 3166 alpha-2).
+    comms_default_phone_region: str = "US"
+
+    # Slack
+    slack_bot_token: SecretStr | None = None
+    slack_api_url: str = "https://slack.com/api"
+
+    # Zendesk
+    zendesk_subdomain: str | None = None
+    zendesk_email: str | None = None
+    zendesk_api_token: SecretStr | None = None
+    zendesk_base_url: str | None = None
+
+    # Jira
+    jira_domain: str | None = None
+    jira_email: str | None = None
+    jira_api_token: SecretStr | None = None
+    jira_base_url: str | None = None
+
+    # PagerDuty
+    pagerduty_routing_key: SecretStr | None = None
+    pagerduty_events_url: str = "https://events.pagerduty.com/v2/enqueue"
+
+    # SendGrid
+    sendgrid_api_key: SecretStr | None = None
+    sendgrid_api_url: str = "https://api.sendgrid.com"
+
+    # Twilio
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from_number: str | None = None
+    twilio_api_url: str = "https://api.twilio.com"
+
+    # FCM
+    fcm_project_id: str | None = None
+    fcm_service_account_file: Path | None = None
+    fcm_api_url: str = "https://fcm.googleapis.com"
+
+    @field_validator("comms_receipt_mode")
+    @classmethod
+    def _known_receipt_mode(cls, value: str) -> str:
+        if value not in {"chord", "inline"}:
+            raise ValueError("COMMS_RECEIPT_MODE must be 'chord' or 'inline'")
+        return value
+
+    @property
+    def result_backend(self) -> str:
+        if self.comms_result_backend:
+            return self.comms_result_backend
+        if self.comms_broker_url.startswith(("redis://", "rediss://")):
+            return self.comms_broker_url
+        return "cache+memory://"
+
+    def scaled(self, seconds: float) -> float:
+        """A retry-table delay after the delay scale."""
+        return seconds * self.comms_delay_scale
+
+
+@cache
+def get_settings() -> Settings:
+    """The process's settings, read once; tests call `get_settings.cache_clear()` after changing env."""
+    return Settings()
