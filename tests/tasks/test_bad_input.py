@@ -1,0 +1,110 @@
+"""Bad input: one FAILED receipt with a clear error, no retry, no vendor call, the worker lives on."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import log_outcomes, slack_request, terminal
+
+pytestmark = pytest.mark.usefixtures("worker", "clean")
+
+
+def _drop(request: dict, key: str) -> dict:
+    return {k: v for k, v in request.items() if k != key}
+
+
+BAD_REQUESTS = {
+    "missing_recipient": (lambda r: _drop(r, "recipient"), "recipient: Field required"),
+    "missing_payload": (lambda r: _drop(r, "message_payload"), "message_payload: Field required"),
+    "mistyped_priority": (lambda r: {**r, "priority": 3}, "priority: Input should be"),
+    "unknown_priority": (lambda r: {**r, "priority": "URGENT"}, "priority: Input should be"),
+    "bad_email": (lambda r: {**r, "recipient": "not-an-address"}, "recipient: value is not a valid"),
+    "unknown_channel": (lambda r: {**r, "channel": "fax"}, "channel: Input should be 'slack'"),
+    "payload_not_matching_channel": (
+        lambda r: {**r, "message_payload": {"subject": "x", "body": "y"}},
+        "message_payload is not a valid SlackPayload",
+    ),
+    "unknown_payload_field": (
+        lambda r: {**r, "message_payload": {**r["message_payload"], "colour": "red"}},
+        "colour: Extra inputs are not permitted",
+    ),
+    "oversized": (
+        lambda r: {**r, "message_payload": {**r["message_payload"], "fallback_text": "x" * 70_000}},
+        "bytes; the limit is 65536",
+    ),
+    "bad_timezone": (
+        lambda r: {**r, "customer": {"timezone": "Mars/Olympus"}},
+        "unknown IANA time zone 'Mars/Olympus'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_one_failed_row_and_no_vendor_call_when_request_is_invalid(case, producer, sandbox):
+    make, expected_error = BAD_REQUESTS[case]
+    request = make(slack_request())
+    producer(request)
+
+    row = terminal(request["message_id"])
+
+    assert row["outcome"] == "FAILED"
+    assert row["retry_count"] == 0
+    assert expected_error in row["error"]
+    assert row["error"].startswith("invalid request: ")
+    time.sleep(0.3)
+    assert log_outcomes(request["message_id"]) == ["FAILED"]
+    assert sandbox.requests() == []
+
+    # The worker is still serving.
+    good = slack_request()
+    producer(good)
+    assert terminal(good["message_id"])["outcome"] == "SENT"
+
+
+def test_failed_row_under_derived_id_when_request_is_not_an_object(producer):
+    from tasks.dispatch import derived_id
+
+    task_id = producer(["not", "an", "object"])  # type: ignore[arg-type]
+
+    row = terminal(derived_id(task_id, "message"))
+    assert row["outcome"] == "FAILED"
+    assert "request must be a JSON object, not list" in row["error"]
+
+
+def test_failed_row_naming_variable_when_credential_missing(producer, sandbox):
+    from config.settings import get_settings
+
+    settings = get_settings()
+    token = settings.slack_bot_token
+    settings.slack_bot_token = None
+    try:
+        request = slack_request()
+        producer(request)
+        row = terminal(request["message_id"])
+    finally:
+        settings.slack_bot_token = token
+
+    assert row["outcome"] == "FAILED"
+    assert "SLACK_BOT_TOKEN is not set" in row["error"]
+    assert sandbox.requests() == []
+    assert log_outcomes(request["message_id"]) == ["FAILED"]
+
+
+def test_no_secret_in_log_when_vendor_rejects_auth(producer, sandbox):
+    from worker.sandbox import Reply
+
+    sandbox.script("slack", Reply(200, {"ok": False, "error": "invalid_auth"}))
+    request = slack_request()
+    producer(request)
+
+    row = terminal(request["message_id"])
+
+    assert row["error"] == "slack:invalid_auth"
+    from worker.store import dispatches as store
+
+    dumped = repr(store.log_rows(uuid.UUID(request["message_id"]))) + repr(
+        store.get_dispatch(uuid.UUID(request["message_id"])))
+    assert "xoxb-sandbox-token" not in dumped

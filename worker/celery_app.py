@@ -1,0 +1,86 @@
+"""The Celery app: JSON only, late acks, one queue per channel, one visibility timeout everywhere.
+
+Crash semantics (celery-notes.md §3, docs/operations.md): tasks ack late, so a message whose
+worker dies is delivered again; a pool child killed mid-task is retried through
+`task_retry_on_worker_lost` (bounded by the task's max_retries); the claim in `dispatches`
+keeps a redelivered message from calling the vendor twice while the first try's lease is live.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from config.settings import Settings, get_settings
+from config.tables import CHANNELS
+
+#: Celery's default queue: `comms.dispatch` listens there, so a producer with a bare
+#: `Celery(broker=...).send_task("comms.dispatch", ...)` and no routing of ours reaches it.
+DISPATCH_QUEUE = "celery"
+
+#: Queue per channel, so a slow vendor cannot starve the others and operators scale each apart
+#: (`-Q sms,email`); `receipts` and `maintenance` carry our own bookkeeping.
+QUEUES = (DISPATCH_QUEUE, *CHANNELS, "receipts", "maintenance")
+
+#: Task name -> queue: the one place routing is declared.
+ROUTES = {
+    "comms.dispatch": DISPATCH_QUEUE,
+    **{f"comms.{channel}": channel for channel in CHANNELS},
+    "comms.receipt": "receipts",
+    "comms.fallback": DISPATCH_QUEUE,
+    "comms.drain_deferred": "maintenance",
+    "comms.sweep_outbox": "maintenance",
+}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    visibility = {"visibility_timeout": settings.comms_visibility_timeout}
+    redis = settings.comms_broker_url.startswith(("redis://", "rediss://"))
+    transport_options: dict[str, Any] = dict(visibility)
+    if redis:
+        # Redeliver a dead worker's messages promptly once the timeout has passed (kombu 5.7 sweeps
+        # only every Nth call otherwise, lagging up to ~100 s).
+        transport_options.update(unacked_restore_interval=5, unacked_restore_throttle=1)
+    return {
+        "broker_url": settings.comms_broker_url,
+        "result_backend": settings.result_backend,
+        "broker_transport_options": transport_options,
+        "result_backend_transport_options": dict(visibility),
+        "visibility_timeout": settings.comms_visibility_timeout,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        # A pool child killed mid-send: retry the task (max_retries bounds it) rather than ack it
+        # as failed (the default) or requeue it for ever (reject_on_worker_lost).
+        "task_retry_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_soft_shutdown_timeout": 10.0,
+        "task_ignore_result": True,
+        "result_expires": 3600,
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_default_queue": DISPATCH_QUEUE,
+        "task_routes": {name: {"queue": queue} for name, queue in ROUTES.items()},
+        "task_create_missing_queues": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    app = Celery("meow-comms", include=["tasks"])
+    app.conf.update(celery_config(settings or get_settings()))
+    from worker import schedule
+
+    app.conf.beat_schedule = schedule.BEAT_SCHEDULE
+    return app
+
+
+app = create_app()

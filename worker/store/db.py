@@ -1,0 +1,77 @@
+"""Engines and transactions. One engine per database URL per process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from config.settings import get_settings
+from worker.store import schema
+
+T = TypeVar("T")
+
+
+@cache
+def engine_for(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        # Worker threads share the file: wait for the write lock instead of failing, and use WAL so
+        # readers do not block the writer.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
+
+
+_migrated: set[str] = set()
+
+
+def get_engine() -> Engine:
+    """The engine for COMMS_DATABASE_URL, migrated to the current schema on first use."""
+    url = get_settings().comms_database_url
+    engine = engine_for(url)
+    if url not in _migrated:
+        schema.upgrade(engine)
+        _migrated.add(url)
+    return engine
+
+
+@contextmanager
+def transaction() -> Iterator[Connection]:
+    with get_engine().begin() as conn:
+        yield conn
+
+
+def with_db_retry(fn: Callable[[], T], *, attempts: int = 6, first_delay: float = 0.5) -> T:
+    """Run `fn` (one whole transaction), retrying while the database is unreachable.
+
+    Used for writes that must not be dropped after a vendor already acted (a receipt after a send):
+    the task must not fail and re-send because PostgreSQL blinked. About 30 s of patience in all.
+    """
+    delay = first_delay
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (OperationalError, DBAPIError) as exc:
+            if attempt == attempts - 1 or not _is_connection_problem(exc):
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable")
+
+
+def _is_connection_problem(exc: DBAPIError) -> bool:
+    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)
