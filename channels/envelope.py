@@ -14,12 +14,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AnyHttpUrl,
-    ValidationError,
     BaseModel,
     ConfigDict,
     EmailStr,
     Field,
     StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )

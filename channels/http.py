@@ -1,5 +1,5 @@
-"""The one HTTP layer: a keep-alive `requests.Session` per thread, timeouts on every call, and the
-status rules all vendors share (429 + Retry-After, 5xx, auth)."""
+"""The one HTTP layer: a keep-alive `requests.Session` per thread, timeouts on every call,
+and the status rules all vendors share (429 + Retry-After, 5xx, auth)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from requests.adapters import HTTPAdapter
 
 from channels.base import HttpRequest, HttpResponse, Outcome, Permanent, Retryable
 
-#: Longest wait (s) we accept from a vendor's Retry-After; beyond it the task layer parks the message.
+#: Longest wait (s) taken from a vendor's Retry-After; beyond it the task layer parks the message.
 MAX_RETRY_AFTER = 24 * 3600.0
 
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP-date; None if absent/bad."""
+    """Seconds to wait per a Retry-After header (delta-seconds or HTTP-date); None if absent/bad."""
     if value is None or not value.strip():
         return None
     text = value.strip()
@@ -44,7 +44,9 @@ def classify_status(response: HttpResponse, vendor: str) -> Outcome | None:
     if 200 <= status < 300:
         return None
     if status in RETRYABLE_STATUSES:
-        return Retryable(f"{vendor}:http_{status}", parse_retry_after(response.header("retry-after")))
+        return Retryable(
+            f"{vendor}:http_{status}", parse_retry_after(response.header("retry-after"))
+        )
     if status in (401, 403):
         return Permanent(f"{vendor}:auth_http_{status}")
     return Permanent(f"{vendor}:http_{status}")
@@ -53,13 +55,16 @@ def classify_status(response: HttpResponse, vendor: str) -> Outcome | None:
 class HttpTransport:
     """Sends HttpRequests; connection errors and timeouts come back as Retryable, never raised."""
 
-    def __init__(self, connect_timeout: float = 5.0, read_timeout: float = 30.0, pool_size: int = 64):
+    def __init__(
+        self, connect_timeout: float = 5.0, read_timeout: float = 30.0, pool_size: int = 64
+    ):
         self.timeout = (connect_timeout, read_timeout)
         self.pool_size = pool_size
         self._local = threading.local()
 
     def _session(self) -> requests.Session:
-        # requests.Session is not documented as thread-safe: one per thread, each keeping its connections.
+        # requests.Session is not documented as thread-safe: one per thread, each keeping
+        # its own keep-alive connections.
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()

@@ -9,8 +9,16 @@ from __future__ import annotations
 
 from typing import cast
 
-from channels.base import HttpRequest, HttpResponse, Notification, Outcome, Permanent, Retryable
-from channels.base import Sent, require
+from channels.base import (
+    HttpRequest,
+    HttpResponse,
+    Notification,
+    Outcome,
+    Permanent,
+    Retryable,
+    Sent,
+    require,
+)
 from channels.envelope import SlackPayload
 from channels.http import classify_status, parse_retry_after
 from config.settings import Settings
@@ -18,18 +26,41 @@ from config.tables import Routing, routing
 
 #: Errors that may heal by themselves (api.slack.com/methods/chat.postMessage "Errors").
 RETRYABLE_ERRORS = frozenset(
-    {"ratelimited", "rate_limited", "service_unavailable", "request_timeout", "internal_error",
-     "fatal_error"}
+    {
+        "ratelimited",
+        "rate_limited",
+        "service_unavailable",
+        "request_timeout",
+        "internal_error",
+        "fatal_error",
+    }
 )
 #: Errors that will not heal: the message or the configuration must change. Any error not listed
 #: as retryable is treated as permanent too: Slack has no idempotency key, so a blind retry of an
 #: unknown error risks a double post.
 PERMANENT_ERRORS = frozenset(
-    {"channel_not_found", "not_in_channel", "is_archived", "msg_too_long", "no_text",
-     "too_many_attachments", "invalid_blocks", "invalid_arguments", "invalid_arg_name",
-     "invalid_array_arg", "invalid_charset", "invalid_form_data", "invalid_post_type",
-     "missing_post_type", "restricted_action", "not_authed", "invalid_auth", "account_inactive",
-     "token_revoked", "missing_scope"}
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "msg_too_long",
+        "no_text",
+        "too_many_attachments",
+        "invalid_blocks",
+        "invalid_arguments",
+        "invalid_arg_name",
+        "invalid_array_arg",
+        "invalid_charset",
+        "invalid_form_data",
+        "invalid_post_type",
+        "missing_post_type",
+        "restricted_action",
+        "not_authed",
+        "invalid_auth",
+        "account_inactive",
+        "token_revoked",
+        "missing_scope",
+    }
 )
 
 

@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     #: From and reply-to of every e-mail: the monitored support inbox.
     comms_support_email: str = "support@meowmobile.com"
     comms_support_name: str = "Meow Mobile Support"
-    #: Unsubscribe page linked from every e-mail footer; empty = {COMMS_WEBHOOK_BASE_URL}/email/unsubscribe.
+    #: Unsubscribe page linked from every e-mail footer;
+    #: empty = {COMMS_WEBHOOK_BASE_URL}/email/unsubscribe.
     comms_unsubscribe_url: str = ""
     #: Key that signs unsubscribe links so they cannot be forged for another address.
     comms_unsubscribe_secret: SecretStr = SecretStr("change-me")
@@ -110,5 +111,5 @@ class Settings(BaseSettings):
 
 @cache
 def get_settings() -> Settings:
-    """The process's settings, read once; tests call `get_settings.cache_clear()` after changing env."""
+    """The process's settings, read once (`get_settings.cache_clear()` re-reads the environment)."""
     return Settings()

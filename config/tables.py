@@ -1,4 +1,5 @@
-"""The data tables beside this module, loaded and validated once: retry policies, routing, priorities."""
+"""The data tables beside this module, loaded and validated once:
+retry policies, routing, priorities."""
 
 from __future__ import annotations
 

@@ -70,14 +70,20 @@ def deliver_message(task: Task, channel: str, message_id: str) -> Result:
     settings = get_settings()
     mid = uuid.UUID(message_id)
     retries = int(task.request.retries or 0)
-    claimed = store.claim(mid, holder=f"{task.request.id}:{retries}", retries=retries,
-                          lease_seconds=settings.comms_claim_lease)
+    claimed = store.claim(
+        mid,
+        holder=f"{task.request.id}:{retries}",
+        retries=retries,
+        lease_seconds=settings.comms_claim_lease,
+    )
     if claimed is None:
         # Terminal already, or a live attempt holds it: sending now would be a duplicate.
         return result(mid, channel, "SKIPPED")
     request = DispatchRequest.model_validate(claimed.request)
     try:
-        outcome: Outcome = deliver(get_channel(channel, settings), Notification(request), transport())
+        outcome: Outcome = deliver(
+            get_channel(channel, settings), Notification(request), transport()
+        )
     except DispatchError as exc:
         outcome = Permanent(f"{type(exc).__name__}: {exc}")
     return settle(task, channel, mid, outcome, retries)
@@ -87,15 +93,26 @@ def settle(task: Task, channel: str, mid: uuid.UUID, outcome: Outcome, retries: 
     """Record `outcome` and tell Celery what comes next."""
     chord_mode = get_settings().comms_receipt_mode == "chord"
     if isinstance(outcome, Sent):
-        with_db_retry(lambda: store.finish(mid, "SENT", response_id=outcome.response_id,
-                                           retry_count=retries, write_receipt=not chord_mode))
+        with_db_retry(
+            lambda: store.finish(
+                mid,
+                "SENT",
+                response_id=outcome.response_id,
+                retry_count=retries,
+                write_receipt=not chord_mode,
+            )
+        )
         return result(mid, channel, "SENT", response_id=outcome.response_id, retry_count=retries)
     policy = policies()[channel]
     if isinstance(outcome, Retryable) and retries < policy.max_retries:
         countdown = policy_delay(policy, retries, outcome.retry_after)
         with_db_retry(lambda: store.record_retrying(mid, retry_count=retries, error=outcome.reason))
         raise task.retry(countdown=countdown, exc=RetryableFailure(outcome.reason))
-    error = outcome.reason if not isinstance(outcome, Retryable) else f"retries exhausted: {outcome.reason}"
+    error = (
+        outcome.reason
+        if not isinstance(outcome, Retryable)
+        else f"retries exhausted: {outcome.reason}"
+    )
     if isinstance(outcome, InvalidRecipient) and outcome.action is None:
         error = f"invalid recipient: {error}"
     with_db_retry(lambda: store.finish(mid, "FAILED", retry_count=retries, error=error))

@@ -1,4 +1,4 @@
-"""`comms.dispatch`: validate the envelope, accept it once per message_id, route it to its channel."""
+"""`comms.dispatch`: validate the envelope, accept it once per message_id, route it."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from sqlalchemy.exc import OperationalError
 from channels.envelope import DispatchRequest, InvalidRequest, parse_request
 from config.settings import get_settings
 from config.tables import policies
+from tasks.outcomes import dispatch_receipt
 from worker.celery_app import app
 from worker.store import dispatches as store
-
-from tasks.outcomes import dispatch_receipt
 
 #: Namespace for ids derived from others (a message's channel task, its fallback...).
 NAMESPACE = uuid.UUID("5b0c6d3e-6f6d-4d8e-9c0f-6d656f77636d")
@@ -35,13 +34,21 @@ def usable_message_id(raw: Any, fallback: str) -> uuid.UUID:
     return uuid.UUID(derived_id(fallback, "message"))
 
 
-@app.task(name="comms.dispatch", bind=True, acks_late=True, max_retries=5, default_retry_delay=2,
-          autoretry_for=(OperationalError,), retry_backoff=True, retry_jitter=False)
+@app.task(
+    name="comms.dispatch",
+    bind=True,
+    acks_late=True,
+    max_retries=5,
+    default_retry_delay=2,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_jitter=False,
+)
 def dispatch(self: Task, request: Any) -> dict[str, Any]:
     """Accept a request (the seed's envelope) and hand it to its channel's queue.
 
     Returns the dispatch receipt: status `queued`, or `failed` for a request that is not valid
-    (its FAILED row is in comms_log; it is never retried). The same message_id twice dispatches once.
+    (its FAILED row is in comms_log; never retried). The same message_id twice dispatches once.
     """
     settings = get_settings()
     message_id = usable_message_id(request, self.request.id or str(uuid.uuid4()))
@@ -54,12 +61,18 @@ def dispatch(self: Task, request: Any) -> dict[str, Any]:
     if req.message_id is None:
         req = req.model_copy(update={"message_id": message_id})
     accepted = store.accept(
-        req.model_dump(mode="json"), message_id=message_id, channel=req.channel,
-        recipient=str(req.recipient), priority=req.priority, signal_type=req.signal_type,
-        severity=req.severity, parent_message_id=req.parent_message_id,
+        req.model_dump(mode="json"),
+        message_id=message_id,
+        channel=req.channel,
+        recipient=str(req.recipient),
+        priority=req.priority,
+        signal_type=req.signal_type,
+        severity=req.severity,
+        parent_message_id=req.parent_message_id,
     )
     redelivered = bool(self.request.retries) or bool(
-        (self.request.delivery_info or {}).get("redelivered"))
+        (self.request.delivery_info or {}).get("redelivered")
+    )
     if accepted.new or (accepted.state == "queued" and redelivered):
         route(req)
     return dispatch_receipt(message_id, req.channel, "queued" if accepted.new else accepted.state)
@@ -67,11 +80,12 @@ def dispatch(self: Task, request: Any) -> dict[str, Any]:
 
 def route(req: DispatchRequest, *, retries: int = 0) -> None:
     """Enqueue the channel task; its terminal receipt comes from a chord callback (design card) or
-    inline, per COMMS_RECEIPT_MODE. Final failures start the channel's fallback through link_error."""
+    inline, per COMMS_RECEIPT_MODE. A final failure starts the fallback through link_error."""
     assert req.message_id is not None
     mid = str(req.message_id)
     header = signature(f"comms.{req.channel}", kwargs={"message_id": mid}, app=app).set(
-        task_id=derived_id(mid, req.channel), retries=retries)
+        task_id=derived_id(mid, req.channel), retries=retries
+    )
     if policies()[req.channel].on_final_failure == "fallback" and req.parent_message_id is None:
         # Only first-generation dispatches fall back, so chains end.
         header = header.set(link_error=signature("comms.fallback", app=app))

@@ -32,19 +32,37 @@ def fallback_request(parent: dict[str, Any], reason: str) -> dict[str, Any] | No
     if channel == "pagerduty":
         mention = f"{slack.oncall.mention} " if slack.oncall.mention else ""
         text = f"{mention}PagerDuty page failed ({reason}): {payload['summary']}"
-        return {**base, "channel": "slack", "message_id": derived_id(parent["message_id"], "fallback"),
-                "message_payload": {"formatted_message": text[:3000], "fallback_text": text[:4000],
-                                    "target_channel_id": slack.oncall.channel}}
+        return {
+            **base,
+            "channel": "slack",
+            "message_id": derived_id(parent["message_id"], "fallback"),
+            "message_payload": {
+                "formatted_message": text[:3000],
+                "fallback_text": text[:4000],
+                "target_channel_id": slack.oncall.channel,
+            },
+        }
     if channel == "zendesk":
         what = payload.get("subject") or f"note on ticket {payload.get('ticket_id')}"
         text = f"Zendesk dispatch {parent['message_id']} failed ({reason}): {what}"
-        return {**base, "channel": "slack", "message_id": derived_id(parent["message_id"], "fallback"),
-                "message_payload": {"formatted_message": text[:3000], "fallback_text": text[:4000],
-                                    "target_channel_id": slack.review.channel}}
+        return {
+            **base,
+            "channel": "slack",
+            "message_id": derived_id(parent["message_id"], "fallback"),
+            "message_payload": {
+                "formatted_message": text[:3000],
+                "fallback_text": text[:4000],
+                "target_channel_id": slack.review.channel,
+            },
+        }
     if channel == "sms":
         body = payload["sms_body"]
-        return {**base, "channel": "email", "message_id": derived_id(parent["message_id"], "fallback"),
-                "message_payload": {"subject": body[:78], "plain_text_body": body}}
+        return {
+            **base,
+            "channel": "email",
+            "message_id": derived_id(parent["message_id"], "fallback"),
+            "message_payload": {"subject": body[:78], "plain_text_body": body},
+        }
     return None
 
 
@@ -56,8 +74,7 @@ def start_fallback(parent_message_id: uuid.UUID, reason: str) -> str | None:
     fallback = fallback_request(row["request"], reason)
     if fallback is None:
         return None
-    app.send_task("comms.dispatch", kwargs={"request": fallback},
-                  task_id=fallback["message_id"])
+    app.send_task("comms.dispatch", kwargs={"request": fallback}, task_id=fallback["message_id"])
     return str(fallback["message_id"])
 
 

@@ -18,15 +18,35 @@ class Result(TypedDict):
     error: str | None
 
 
-def result(message_id: uuid.UUID | str, channel: str, outcome: str, *, response_id: str | None = None,
-           retry_count: int = 0, error: str | None = None) -> Result:
-    return Result(message_id=str(message_id), channel=channel, outcome=outcome,
-                  response_id=response_id, retry_count=retry_count, error=error)
+def result(
+    message_id: uuid.UUID | str,
+    channel: str,
+    outcome: str,
+    *,
+    response_id: str | None = None,
+    retry_count: int = 0,
+    error: str | None = None,
+) -> Result:
+    return Result(
+        message_id=str(message_id),
+        channel=channel,
+        outcome=outcome,
+        response_id=response_id,
+        retry_count=retry_count,
+        error=error,
+    )
 
 
-def dispatch_receipt(message_id: uuid.UUID | str, channel: str, status: str, *,
-                     response_id: str | None = None, retry_count: int = 0,
-                     error: str | None = None, timestamp: datetime | None = None) -> dict[str, Any]:
+def dispatch_receipt(
+    message_id: uuid.UUID | str,
+    channel: str,
+    status: str,
+    *,
+    response_id: str | None = None,
+    retry_count: int = 0,
+    error: str | None = None,
+    timestamp: datetime | None = None,
+) -> dict[str, Any]:
     """The seed's output shape."""
     receipt: dict[str, Any] = {
         "channel": channel,

@@ -6,7 +6,7 @@ worker killed mid-task never returns at all. So:
 - FAILED: written by the channel task itself before it raises (the chord body will not run);
 - a task that died without a verdict (WorkerLostError, a bug): the `task_failure` handler below,
   which runs in the worker's main process even when the pool child is gone;
-- a callback lost with the broker: the outbox sweep (tasks.maintenance) reconciles from `dispatches`.
+- a callback lost with the broker: the outbox sweep reconciles it from `dispatches`.
 All of them insert against the partial unique index, so the log keeps exactly one terminal row.
 """
 
@@ -36,8 +36,12 @@ def record_receipt(self: Task, results: list[Result]) -> int:
     for res in results:
         if res["outcome"] in TERMINAL:
             written += store.write_terminal_receipt(
-                uuid.UUID(res["message_id"]), res["outcome"], response_id=res["response_id"],
-                retry_count=res["retry_count"], error=res["error"])
+                uuid.UUID(res["message_id"]),
+                res["outcome"],
+                response_id=res["response_id"],
+                retry_count=res["retry_count"],
+                error=res["error"],
+            )
     # The header results are only needed until now; free them so Redis returns to its baseline.
     for res in results:
         self.app.AsyncResult(derived_id(res["message_id"], res["channel"])).forget()
@@ -45,15 +49,21 @@ def record_receipt(self: Task, results: list[Result]) -> int:
 
 
 @task_failure.connect
-def _close_failed_dispatch(sender: Any = None, task_id: str | None = None,
-                           exception: BaseException | None = None, kwargs: Any = None,
-                           **_: Any) -> None:
+def _close_failed_dispatch(
+    sender: Any = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    kwargs: Any = None,
+    **_: Any,
+) -> None:
     """Any channel task that ends in FAILURE leaves a terminal row, whatever killed it."""
     name = getattr(sender, "name", "") or ""
     message_id = (kwargs or {}).get("message_id") if isinstance(kwargs, dict) else None
     if not name.startswith("comms.") or message_id is None:
         return
     try:
-        store.fail_unless_terminal(uuid.UUID(message_id), f"{type(exception).__name__}: {exception}")
+        store.fail_unless_terminal(
+            uuid.UUID(message_id), f"{type(exception).__name__}: {exception}"
+        )
     except Exception:
         log.exception("could not close dispatch %s after failure", message_id)

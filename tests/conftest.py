@@ -94,8 +94,14 @@ def worker(celery_app: Any) -> Iterator[Any]:
     """A real worker (threads pool) consuming every queue, in this process."""
     from celery.contrib.testing.worker import start_worker
 
-    with start_worker(celery_app, pool="threads", concurrency=8, perform_ping_check=False,
-                      loglevel="WARNING", shutdown_timeout=30) as w:
+    with start_worker(
+        celery_app,
+        pool="threads",
+        concurrency=8,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30,
+    ) as w:
         yield w
 
 
@@ -105,8 +111,9 @@ def clean(database: str) -> Iterator[None]:
     from worker.store.db import get_engine
 
     with get_engine().begin() as conn:
-        conn.execute(text(
-            "TRUNCATE comms_log, dispatches, fcm_tokens, contacts, deferred_dispatches"))
+        conn.execute(
+            text("TRUNCATE comms_log, dispatches, fcm_tokens, contacts, deferred_dispatches")
+        )
     SANDBOX.clear()
     yield
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]
 
 from config.settings import Settings, get_settings
 from config.tables import CHANNELS
@@ -77,9 +77,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("meow-comms", include=["tasks"])
     app.conf.update(celery_config(settings or get_settings()))
-    from worker import schedule
+    from worker import logs, schedule
 
     app.conf.beat_schedule = schedule.BEAT_SCHEDULE
+    logs.quiet_expected_failures()
     return app
 
 

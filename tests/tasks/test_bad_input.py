@@ -1,4 +1,4 @@
-"""Bad input: one FAILED receipt with a clear error, no retry, no vendor call, the worker lives on."""
+"""Bad input: one FAILED receipt with a clear error, no retry, no vendor call; the worker lives."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tests.conftest import log_outcomes, slack_request, terminal
 pytestmark = pytest.mark.usefixtures("worker", "clean")
 
 
-def _drop(request: dict, key: str) -> dict:
+def _drop(request: dict[str, object], key: str) -> dict[str, object]:
     return {k: v for k, v in request.items() if k != key}
 
 
@@ -21,7 +21,10 @@ BAD_REQUESTS = {
     "missing_payload": (lambda r: _drop(r, "message_payload"), "message_payload: Field required"),
     "mistyped_priority": (lambda r: {**r, "priority": 3}, "priority: Input should be"),
     "unknown_priority": (lambda r: {**r, "priority": "URGENT"}, "priority: Input should be"),
-    "bad_email": (lambda r: {**r, "recipient": "not-an-address"}, "recipient: value is not a valid"),
+    "bad_email": (
+        lambda r: {**r, "recipient": "not-an-address"},
+        "recipient: value is not a valid",
+    ),
     "unknown_channel": (lambda r: {**r, "channel": "fax"}, "channel: Input should be 'slack'"),
     "payload_not_matching_channel": (
         lambda r: {**r, "message_payload": {"subject": "x", "body": "y"}},
@@ -67,7 +70,7 @@ def test_one_failed_row_and_no_vendor_call_when_request_is_invalid(case, produce
 def test_failed_row_under_derived_id_when_request_is_not_an_object(producer):
     from tasks.dispatch import derived_id
 
-    task_id = producer(["not", "an", "object"])  # type: ignore[arg-type]
+    task_id = producer(["not", "an", "object"])
 
     row = terminal(derived_id(task_id, "message"))
     assert row["outcome"] == "FAILED"
@@ -106,5 +109,6 @@ def test_no_secret_in_log_when_vendor_rejects_auth(producer, sandbox):
     from worker.store import dispatches as store
 
     dumped = repr(store.log_rows(uuid.UUID(request["message_id"]))) + repr(
-        store.get_dispatch(uuid.UUID(request["message_id"])))
+        store.get_dispatch(uuid.UUID(request["message_id"]))
+    )
     assert "xoxb-sandbox-token" not in dumped

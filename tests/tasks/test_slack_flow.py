@@ -25,8 +25,12 @@ def test_sends_seed_payload_and_one_sent_row_when_enqueued_by_name(producer, san
     assert call.json() == {
         "channel": "#noc-critical",
         "text": "Outage in Leeds: data service degraded",
-        "blocks": [{"type": "section", "text": {"type": "mrkdwn",
-                                                "text": "*Outage* in Leeds: data service degraded"}}],
+        "blocks": [
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": "*Outage* in Leeds: data service degraded"},
+            }
+        ],
         "unfurl_links": False,
     }
     assert row["outcome"] == "SENT"
@@ -48,10 +52,13 @@ def test_retries_then_sent_with_retry_count_when_vendor_recovers(producer, sandb
     assert len(sandbox.requests("slack")) == 3
     assert log_outcomes(request["message_id"]) == ["RETRYING", "RETRYING", "SENT"]
     assert row["retry_count"] == 2
-    from worker.store import dispatches as store
     import uuid
-    retrying = [r for r in store.log_rows(uuid.UUID(request["message_id"]))
-                if r["outcome"] == "RETRYING"]
+
+    from worker.store import dispatches as store
+
+    retrying = [
+        r for r in store.log_rows(uuid.UUID(request["message_id"])) if r["outcome"] == "RETRYING"
+    ]
     assert [r["retry_count"] for r in retrying] == [0, 1]
     assert all(r["error"] == "slack:http_503" for r in retrying)
 

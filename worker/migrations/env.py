@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from the caller (worker.store.schema) or COMMS_DATABASE_URL."""
+"""Alembic environment: the URL comes from the caller (worker.store.schema) or the settings."""
 
 from __future__ import annotations
 

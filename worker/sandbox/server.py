@@ -59,7 +59,9 @@ class Reply:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Reply:
-        return cls(**{k: data[k] for k in ("status", "body", "headers", "delay", "drop") if k in data})
+        return cls(
+            **{k: data[k] for k in ("status", "body", "headers", "delay", "drop") if k in data}
+        )
 
 
 @dataclass
@@ -72,7 +74,10 @@ class _Rule:
     def take(self, recorded: Recorded) -> Reply | None:
         if recorded.vendor != self.vendor or not self.replies:
             return None
-        if self.contains is not None and self.contains.encode() not in recorded.body + recorded.path.encode():
+        if (
+            self.contains is not None
+            and self.contains.encode() not in recorded.body + recorded.path.encode()
+        ):
             return None
         return self.replies[0] if self.repeat and len(self.replies) == 1 else self.replies.popleft()
 
@@ -82,10 +87,16 @@ Handler = Callable[["Sandbox", Recorded], Reply]
 
 
 class Sandbox:
-    """Start with `start()` (or `with Sandbox() as sb:`); vendors live under `{url}/{vendor}/...`."""
+    """Start with `start()` (or `with Sandbox() as sb:`); vendors live at `{url}/{vendor}/...`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency: float = 0.0,
-                 error_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        latency: float = 0.0,
+        error_rate: float = 0.0,
+    ) -> None:
         from worker.sandbox.vendors import HANDLERS, transient_error
 
         self._handlers: dict[str, Handler] = HANDLERS
@@ -109,7 +120,9 @@ class Sandbox:
         return f"http://{host!s}:{port}"
 
     def start(self) -> Sandbox:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="sandbox", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -136,8 +149,9 @@ class Sandbox:
             self._rules.clear()
             self.state.clear()
 
-    def script(self, vendor: str, *replies: Reply, contains: str | None = None,
-               repeat: bool = False) -> None:
+    def script(
+        self, vendor: str, *replies: Reply, contains: str | None = None, repeat: bool = False
+    ) -> None:
         """Answer the next requests to `vendor` (whose body contains `contains`) with `replies`, in
         order; with `repeat`, the last reply answers for ever. Later requests get the default."""
         with self._lock:
@@ -179,8 +193,12 @@ class Sandbox:
         if path == "/_sandbox/script" and method == "POST":
             data = json.loads(body)
             replies = [Reply.from_dict(r) for r in data["replies"]]
-            self.script(data["vendor"], *replies, contains=data.get("contains"),
-                        repeat=bool(data.get("repeat")))
+            self.script(
+                data["vendor"],
+                *replies,
+                contains=data.get("contains"),
+                repeat=bool(data.get("repeat")),
+            )
             return Reply(204)
         if path == "/_sandbox/config" and method == "POST":
             data = json.loads(body)
@@ -194,7 +212,7 @@ def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
         def _serve(self) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Insert, and_, or_, select, update
+from sqlalchemy import Connection, Table, and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from worker.store.db import transaction
@@ -24,16 +24,17 @@ from worker.store.models import (
     utcnow,
 )
 
-dispatches = Dispatch.__table__
-comms_log = CommsLog.__table__
+dispatches = cast(Table, Dispatch.__table__)
+comms_log = cast(Table, CommsLog.__table__)
 
 #: outcome -> dispatch state
 STATE_FOR = {"SENT": "sent", "FAILED": "failed", "SUPPRESSED": "suppressed"}
 
 
-def _insert(conn: Connection, table: Any) -> Insert:
+def _insert(conn: Connection, table: Table) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (PostgreSQL and SQLite alike)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)  # type: ignore[no-any-return]
+    return dialect.insert(table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +43,37 @@ class Accepted:
     state: str
 
 
-def accept(request: dict[str, Any], *, message_id: uuid.UUID, channel: str, recipient: str,
-           priority: str, signal_type: str | None, severity: str | None,
-           parent_message_id: uuid.UUID | None, state: str = "queued") -> Accepted:
+def accept(
+    request: dict[str, Any],
+    *,
+    message_id: uuid.UUID,
+    channel: str,
+    recipient: str,
+    priority: str,
+    signal_type: str | None,
+    severity: str | None,
+    parent_message_id: uuid.UUID | None,
+    state: str = "queued",
+) -> Accepted:
     """Record a request once per message_id; a repeat is reported, never recorded twice."""
     with transaction() as conn:
         inserted = conn.execute(
             _insert(conn, dispatches)
             .values(
-                message_id=message_id, channel=channel, recipient=recipient, priority=priority,
-                signal_type=signal_type, severity=severity, parent_message_id=parent_message_id,
-                request=request, state=state, attempts=0, replays=0, parkings=0,
-                created_at=utcnow(), updated_at=utcnow(),
+                message_id=message_id,
+                channel=channel,
+                recipient=recipient,
+                priority=priority,
+                signal_type=signal_type,
+                severity=severity,
+                parent_message_id=parent_message_id,
+                request=request,
+                state=state,
+                attempts=0,
+                replays=0,
+                parkings=0,
+                created_at=utcnow(),
+                updated_at=utcnow(),
             )
             .on_conflict_do_nothing(index_elements=["message_id"])
             .returning(dispatches.c.message_id)
@@ -72,7 +92,9 @@ class Claim:
     attempts: int
 
 
-def claim(message_id: uuid.UUID, *, holder: str, retries: int, lease_seconds: float) -> Claim | None:
+def claim(
+    message_id: uuid.UUID, *, holder: str, retries: int, lease_seconds: float
+) -> Claim | None:
     """Take the right to call the vendor for this message, or None when that would be a duplicate.
 
     Claimable: not terminal, and no live lease, or the lease is held by an earlier try of the same
@@ -94,34 +116,55 @@ def claim(message_id: uuid.UUID, *, holder: str, retries: int, lease_seconds: fl
                 ),
             )
             .values(
-                state="sending", claimed_by=holder, lease_until=now + timedelta(seconds=lease_seconds),
-                attempts=dispatches.c.attempts + 1, updated_at=now,
+                state="sending",
+                claimed_by=holder,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                attempts=dispatches.c.attempts + 1,
+                updated_at=now,
             )
             .returning(dispatches.c.request, dispatches.c.attempts)
         ).first()
     return None if row is None else Claim(dict(row.request), int(row.attempts))
 
 
-def _log_values(row: Any, outcome: str, *, response_id: str | None, retry_count: int,
-                error: str | None) -> dict[str, Any]:
-    return dict(
-        message_id=row.message_id, recipient=row.recipient, channel=row.channel,
-        signal_type=row.signal_type, severity=row.severity, outcome=outcome,
-        dispatched_at=utcnow(), response_id=response_id, retry_count=retry_count,
-        error=error, parent_message_id=row.parent_message_id,
-    )
+def _log_values(
+    row: Any, outcome: str, *, response_id: str | None, retry_count: int, error: str | None
+) -> dict[str, Any]:
+    return {
+        "message_id": row.message_id,
+        "recipient": row.recipient,
+        "channel": row.channel,
+        "signal_type": row.signal_type,
+        "severity": row.severity,
+        "outcome": outcome,
+        "dispatched_at": utcnow(),
+        "response_id": response_id,
+        "retry_count": retry_count,
+        "error": error,
+        "parent_message_id": row.parent_message_id,
+    }
 
 
 def _dispatch_row(conn: Connection, message_id: uuid.UUID) -> Any:
     return conn.execute(select(dispatches).where(dispatches.c.message_id == message_id)).first()
 
 
-def _write_terminal(conn: Connection, row: Any, outcome: str, *, response_id: str | None,
-                    retry_count: int, error: str | None) -> bool:
+def _write_terminal(
+    conn: Connection,
+    row: Any,
+    outcome: str,
+    *,
+    response_id: str | None,
+    retry_count: int,
+    error: str | None,
+) -> bool:
     written = conn.execute(
         _insert(conn, comms_log)
-        .values(**_log_values(row, outcome, response_id=response_id, retry_count=retry_count,
-                              error=error))
+        .values(
+            **_log_values(
+                row, outcome, response_id=response_id, retry_count=retry_count, error=error
+            )
+        )
         .on_conflict_do_nothing(
             index_elements=["message_id"],
             index_where=comms_log.c.outcome.in_(TERMINAL_OUTCOMES),
@@ -135,41 +178,78 @@ def record_retrying(message_id: uuid.UUID, *, retry_count: int, error: str) -> N
     """A failed attempt that will be retried: a RETRYING row, and the lease released."""
     with transaction() as conn:
         row = _dispatch_row(conn, message_id)
-        conn.execute(comms_log.insert().values(
-            **_log_values(row, "RETRYING", response_id=None, retry_count=retry_count, error=error)))
+        conn.execute(
+            comms_log.insert().values(
+                **_log_values(
+                    row, "RETRYING", response_id=None, retry_count=retry_count, error=error
+                )
+            )
+        )
         conn.execute(
             update(dispatches)
             .where(dispatches.c.message_id == message_id, dispatches.c.state == "sending")
-            .values(state="retrying", claimed_by=None, lease_until=None, error=error,
-                    updated_at=utcnow())
+            .values(
+                state="retrying",
+                claimed_by=None,
+                lease_until=None,
+                error=error,
+                updated_at=utcnow(),
+            )
         )
 
 
-def finish(message_id: uuid.UUID, outcome: str, *, response_id: str | None = None,
-           retry_count: int = 0, error: str | None = None, write_receipt: bool = True) -> bool:
+def finish(
+    message_id: uuid.UUID,
+    outcome: str,
+    *,
+    response_id: str | None = None,
+    retry_count: int = 0,
+    error: str | None = None,
+    write_receipt: bool = True,
+) -> bool:
     """Record the end of a dispatch; with `write_receipt`, its terminal comms_log row too (same
     transaction). Returns whether a terminal row was written now."""
     state = STATE_FOR[outcome]
     with transaction() as conn:
         conn.execute(
             update(dispatches)
-            .where(dispatches.c.message_id == message_id,
-                   dispatches.c.state.not_in(TERMINAL_STATES))
-            .values(state=state, response_id=response_id, error=error, claimed_by=None,
-                    lease_until=None, updated_at=utcnow())
+            .where(
+                dispatches.c.message_id == message_id, dispatches.c.state.not_in(TERMINAL_STATES)
+            )
+            .values(
+                state=state,
+                response_id=response_id,
+                error=error,
+                claimed_by=None,
+                lease_until=None,
+                updated_at=utcnow(),
+            )
         )
         if not write_receipt:
             return False
         row = _dispatch_row(conn, message_id)
-        return _write_terminal(conn, row, outcome, response_id=response_id,
-                               retry_count=retry_count, error=error)
+        return _write_terminal(
+            conn, row, outcome, response_id=response_id, retry_count=retry_count, error=error
+        )
 
 
-def write_terminal_receipt(message_id: uuid.UUID, outcome: str, *, response_id: str | None,
-                           retry_count: int, error: str | None) -> bool:
+def write_terminal_receipt(
+    message_id: uuid.UUID,
+    outcome: str,
+    *,
+    response_id: str | None,
+    retry_count: int,
+    error: str | None,
+) -> bool:
     """The terminal comms_log row, unless one exists. Also settles the dispatch state."""
-    return finish(message_id, outcome, response_id=response_id, retry_count=retry_count,
-                  error=error, write_receipt=True)
+    return finish(
+        message_id,
+        outcome,
+        response_id=response_id,
+        retry_count=retry_count,
+        error=error,
+        write_receipt=True,
+    )
 
 
 def fail_unless_terminal(message_id: uuid.UUID, error: str) -> bool:
@@ -180,8 +260,14 @@ def fail_unless_terminal(message_id: uuid.UUID, error: str) -> bool:
             return False
         if row.state in TERMINAL_STATES:
             outcome = row.state.upper()
-            return _write_terminal(conn, row, outcome, response_id=row.response_id,
-                                   retry_count=max(row.attempts - 1, 0), error=row.error)
+            return _write_terminal(
+                conn,
+                row,
+                outcome,
+                response_id=row.response_id,
+                retry_count=max(row.attempts - 1, 0),
+                error=row.error,
+            )
     return finish(message_id, "FAILED", retry_count=max(row.attempts - 1, 0), error=error)
 
 
@@ -195,10 +281,14 @@ def reject(raw: Any, *, message_id: uuid.UUID, problems: str) -> None:
 
     accepted = accept(
         {"invalid_request": True, "problems": problems},
-        message_id=message_id, channel=text("channel", 16) or "unknown",
-        recipient=text("recipient", 320) or "", priority=text("priority", 8) or "",
-        signal_type=text("signal_type", 100), severity=text("severity", 40),
-        parent_message_id=None, state="failed",
+        message_id=message_id,
+        channel=text("channel", 16) or "unknown",
+        recipient=text("recipient", 320) or "",
+        priority=text("priority", 8) or "",
+        signal_type=text("signal_type", 100),
+        severity=text("severity", 40),
+        parent_message_id=None,
+        state="failed",
     )
     with transaction() as conn:
         row = _dispatch_row(conn, message_id)
@@ -211,43 +301,66 @@ def reject(raw: Any, *, message_id: uuid.UUID, problems: str) -> None:
 
 def log_rows(message_id: uuid.UUID) -> list[dict[str, Any]]:
     with transaction() as conn:
-        rows = conn.execute(
-            select(comms_log).where(comms_log.c.message_id == message_id).order_by(comms_log.c.id)
-        ).mappings().all()
+        rows = (
+            conn.execute(
+                select(comms_log)
+                .where(comms_log.c.message_id == message_id)
+                .order_by(comms_log.c.id)
+            )
+            .mappings()
+            .all()
+        )
     return [dict(r) for r in rows]
 
 
 def terminal_row(message_id: uuid.UUID) -> dict[str, Any] | None:
     with transaction() as conn:
-        row = conn.execute(
-            select(comms_log).where(
-                comms_log.c.message_id == message_id,
-                comms_log.c.outcome.in_(TERMINAL_OUTCOMES),
+        row = (
+            conn.execute(
+                select(comms_log).where(
+                    comms_log.c.message_id == message_id,
+                    comms_log.c.outcome.in_(TERMINAL_OUTCOMES),
+                )
             )
-        ).mappings().first()
+            .mappings()
+            .first()
+        )
     return None if row is None else dict(row)
 
 
 def get_dispatch(message_id: uuid.UUID) -> dict[str, Any] | None:
     with transaction() as conn:
-        row = conn.execute(
-            select(dispatches).where(dispatches.c.message_id == message_id)
-        ).mappings().first()
+        row = (
+            conn.execute(select(dispatches).where(dispatches.c.message_id == message_id))
+            .mappings()
+            .first()
+        )
     return None if row is None else dict(row)
 
 
 def stale_without_terminal(older_than: datetime, limit: int) -> list[uuid.UUID]:
     """Dispatches with no terminal receipt and no sign of life since `older_than` (outbox sweep)."""
     with transaction() as conn:
-        has_terminal = select(comms_log.c.id).where(
-            comms_log.c.message_id == dispatches.c.message_id,
-            comms_log.c.outcome.in_(TERMINAL_OUTCOMES),
-        ).exists()
-        rows = conn.execute(
-            select(dispatches.c.message_id)
-            .where(dispatches.c.updated_at < older_than, ~has_terminal,
-                   and_(dispatches.c.state != "deferred"))
-            .order_by(dispatches.c.updated_at)
-            .limit(limit)
-        ).scalars().all()
+        has_terminal = (
+            select(comms_log.c.id)
+            .where(
+                comms_log.c.message_id == dispatches.c.message_id,
+                comms_log.c.outcome.in_(TERMINAL_OUTCOMES),
+            )
+            .exists()
+        )
+        rows = (
+            conn.execute(
+                select(dispatches.c.message_id)
+                .where(
+                    dispatches.c.updated_at < older_than,
+                    ~has_terminal,
+                    and_(dispatches.c.state != "deferred"),
+                )
+                .order_by(dispatches.c.updated_at)
+                .limit(limit)
+            )
+            .scalars()
+            .all()
+        )
     return list(rows)

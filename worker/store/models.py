@@ -174,7 +174,7 @@ class Deferred(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     message_id: Mapped[uuid.UUID] = mapped_column(index=True)
-    #: Which parking this is for the message (1, 2, ...): unique, so a message is parked once per round.
+    #: Which parking this is for the message (1, 2, ...): unique, so one parking per round.
     round_no: Mapped[int] = mapped_column(Integer)
     due_at: Mapped[datetime]
     reason: Mapped[str] = mapped_column(Text)

@@ -1,4 +1,4 @@
-"""Bring a database to the current schema with alembic, safely when several processes start at once."""
+"""Bring a database to the current schema with alembic, also when several processes start."""
 
 from __future__ import annotations
 

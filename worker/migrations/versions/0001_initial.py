@@ -12,7 +12,6 @@ from alembic import op
 
 import worker.store.models
 
-
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -113,7 +112,8 @@ def upgrade() -> None:
         sa.Column("created_at", worker.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", worker.store.models.UTCDateTime(timezone=True), nullable=False),
         sa.CheckConstraint(
-            "state IN ('queued', 'sending', 'retrying', 'deferred', 'sent', 'failed', 'suppressed')",
+            "state IN ('queued', 'sending', 'retrying', 'deferred', "
+            "'sent', 'failed', 'suppressed')",
             name=op.f("ck_dispatches_state"),
         ),
         sa.PrimaryKeyConstraint("message_id", name=op.f("pk_dispatches")),

@@ -1,0 +1,151 @@
+"""`comms`: the command line for people. `comms --help` lists the commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_INVALID = 2
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from channels.envelope import InvalidRequest
+    from worker.producer import send, wait
+
+    try:
+        if args.payload == "-":
+            payload = json.load(sys.stdin)
+        else:
+            with Path(args.payload).open(encoding="utf-8") as source:
+                payload = json.load(source)
+    except (OSError, ValueError) as exc:
+        print(f"comms send: cannot read the payload from {args.payload}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    request: dict[str, Any] = {
+        "recipient": args.recipient,
+        "channel": args.channel,
+        "priority": args.priority,
+        "message_payload": payload,
+    }
+    for key in ("message_id", "signal_type", "severity"):
+        if getattr(args, key):
+            request[key] = getattr(args, key)
+    try:
+        receipt = send(request)
+    except InvalidRequest as exc:
+        print("comms send: the request is not valid, nothing was sent:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.wait:
+        try:
+            receipt = wait(receipt["dispatch_receipt"]["message_id"], timeout=args.timeout)
+        except TimeoutError as exc:
+            print(json.dumps(receipt, indent=2))
+            print(f"comms send: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(receipt, indent=2))
+    return 0 if receipt["dispatch_receipt"]["status"] in ("queued", "sent") else 1
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    import time
+
+    from worker.sandbox import Sandbox
+
+    sandbox = Sandbox(
+        args.host, args.port, latency=args.latency, error_rate=args.error_rate
+    ).start()
+    print(f"# vendor sandbox on {sandbox.url} (Ctrl-C stops it); point the product at it with:")
+    for key, value in sorted(sandbox.env().items()):
+        print(f"export {key}={value}")
+    sys.stdout.flush()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        sandbox.stop()
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from worker.demo import run_demo
+
+    return run_demo()
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from worker.store.db import get_engine
+
+    engine = get_engine()
+    print(f"schema is current on {engine.url.render_as_string(hide_password=True)}")
+    return 0
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from channels.envelope import PAYLOAD_MODELS, DispatchRequest
+
+    schemas: dict[str, Any] = {"request": DispatchRequest.model_json_schema()}
+    for channel, models in PAYLOAD_MODELS.items():
+        found = [m.model_json_schema() for m in models]
+        schemas[channel] = found[0] if len(found) == 1 else {"title": channel, "oneOf": found}
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, schema in schemas.items():
+            (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+        print(f"wrote {len(schemas)} schemas to {out}")
+    else:
+        print(json.dumps(schemas, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comms", description="meow-comms dispatcher tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    send = sub.add_parser("send", help="dispatch one message; prints its dispatch receipt")
+    send.add_argument("--channel", required=True)
+    send.add_argument("--recipient", required=True, help="the customer's e-mail address")
+    send.add_argument("--priority", required=True, help="CRITICAL, HIGH, MEDIUM or LOW")
+    send.add_argument("--payload", required=True, help="message_payload JSON file, or - for stdin")
+    send.add_argument("--message-id", dest="message_id")
+    send.add_argument("--signal-type", dest="signal_type")
+    send.add_argument("--severity")
+    send.add_argument("--wait", action="store_true", help="wait for the terminal receipt")
+    send.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits")
+    send.set_defaults(func=_cmd_send)
+
+    sandbox = sub.add_parser("sandbox", help="run the vendor sandbox HTTP server")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8099)
+    sandbox.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
+    sandbox.add_argument("--error-rate", type=float, default=0.0, help="share of 5xx answers")
+    sandbox.set_defaults(func=_cmd_sandbox)
+
+    demo = sub.add_parser("demo", help="the whole pipeline in one process, against the sandbox")
+    demo.set_defaults(func=_cmd_demo)
+
+    db = sub.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade"])
+    db.set_defaults(func=_cmd_db)
+
+    schemas = sub.add_parser("schemas", help="print (or --out DIR write) the request JSON Schemas")
+    schemas.add_argument("--out")
+    schemas.set_defaults(func=_cmd_schemas)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
