@@ -1,4 +1,4 @@
-"""What every channel shares: the request/response shapes, outcomes, errors and the delivery pipeline.
+"""What every channel shares: request/response shapes, outcomes, errors, the delivery pipeline.
 
 Channels are pure adapters (house-style.md): `build_request()` and `classify()` do no I/O and know
 nothing of Celery or the database; `channels.http` is the only module that touches the network.
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from channels.envelope import DispatchRequest
 from channels.contacts import Contact
+from channels.envelope import DispatchRequest
 
 
 class DispatchError(Exception):
@@ -82,11 +82,14 @@ class Permanent:
 
 @dataclass(frozen=True, slots=True)
 class InvalidRecipient:
-    """The vendor refused the recipient for good; `action` tells the contacts store what to change."""
+    """The vendor refused the recipient for good; `action` says what the contacts store changes."""
 
     reason: str
     #: "opt_out_sms" | "remove_fcm_token" | "unsubscribe_email" | None
     action: str | None = None
+    #: The address the vendor refused (E.164 number, FCM token), so `action` knows what to change.
+    #: Filled in by `deliver()` from the channel's `target_for(n)` when the channel has one.
+    target: str | None = None
 
 
 Outcome = Sent | Retryable | Permanent | InvalidRecipient
@@ -108,10 +111,30 @@ class Transport(Protocol):
     def send(self, request: HttpRequest) -> HttpResponse | Retryable: ...
 
 
+class TransientError(Exception):
+    """Building the request needs a resource that is briefly unavailable (e.g. the OAuth token
+    endpoint answered 5xx); `deliver()` turns it into a Retryable, never a failure."""
+
+
 def deliver(channel: Channel, n: Notification, transport: Transport) -> Outcome:
-    """The fixed pipeline: build, send, classify."""
-    result = transport.send(channel.build_request(n))
-    return result if isinstance(result, Retryable) else channel.classify(result)
+    """The fixed pipeline: build, send, classify.
+
+    An InvalidRecipient comes back with `target` set to the address the channel used (the
+    response alone does not say which FCM token or number was refused).
+    """
+    try:
+        request = channel.build_request(n)
+    except TransientError as exc:
+        return Retryable(str(exc))
+    result = transport.send(request)
+    if isinstance(result, Retryable):
+        return result
+    outcome = channel.classify(result)
+    if isinstance(outcome, InvalidRecipient) and outcome.target is None:
+        target_for = getattr(channel, "target_for", None)
+        if callable(target_for):
+            outcome = replace(outcome, target=target_for(n))
+    return outcome
 
 
 def require(value: object, variable: str) -> str:

@@ -1,4 +1,4 @@
-"""What the product knows of a customer, as the channels see it (the store lives in worker.store)."""
+"""What the product knows of a customer, as channels see it (the store is in worker.store)."""
 
 from __future__ import annotations
 
