@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     #: Multiplies every retry-table delay; 1.0 in production, smaller in tests and the demo.
     #: A vendor's own Retry-After is never scaled.
     comms_delay_scale: float = Field(default=1.0, gt=0)
+    #: Seconds added to the clock used for scheduling (quiet hours, due times); tests and drills only.
+    comms_clock_offset: float = 0.0
+    #: Seconds between beat's drains of parked and stranded work.
+    comms_drain_every: float = Field(default=60.0, gt=0)
+    #: Rows one drain run moves at most.
+    comms_drain_batch: int = Field(default=500, ge=1)
     #: "chord" (the design card: the terminal receipt is a chord callback) or "inline"
     #: (the channel task writes it in the same transaction as the send state).
     comms_receipt_mode: str = "chord"

@@ -3,6 +3,6 @@
 Thin by design: vendor knowledge lives in `channels/`, state in `worker.store`.
 """
 
-from tasks import channel_tasks, dispatch, fallbacks, receipts
+from tasks import channel_tasks, dispatch, fallbacks, maintenance, receipts
 
-__all__ = ["channel_tasks", "dispatch", "fallbacks", "receipts"]
+__all__ = ["channel_tasks", "dispatch", "fallbacks", "maintenance", "receipts"]

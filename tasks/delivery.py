@@ -1,10 +1,11 @@
-"""The one helper every channel task runs: claim, send through the channel, map the outcome to
-Celery (retry with the table's or the vendor's delay, or finish), write receipts."""
+"""The one helper every channel task runs: claim, check, send through the channel, map the outcome
+to Celery (retry with the table's or the vendor's delay, park, or finish), write receipts."""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from functools import cache
 from typing import Any
 
@@ -14,7 +15,6 @@ from channels import get_channel
 from channels.base import (
     DispatchError,
     InvalidRecipient,
-    Notification,
     Outcome,
     Permanent,
     Retryable,
@@ -25,7 +25,10 @@ from channels.envelope import DispatchRequest
 from channels.http import HttpTransport
 from config.settings import get_settings
 from config.tables import RetryPolicy, policies
+from tasks.checks import Defer, Suppress, prepare
 from tasks.outcomes import Result, result
+from worker import clock
+from worker.store import contacts, deferral
 from worker.store import dispatches as store
 from worker.store.db import with_db_retry
 
@@ -66,54 +69,110 @@ def policy_delay(policy: RetryPolicy, retries_done: int, retry_after: float | No
     return get_settings().scaled(policy.delay(retries_done))
 
 
+class _Attempt:
+    """One run of a channel task for one message."""
+
+    def __init__(self, task: Task, channel: str, message_id: str) -> None:
+        self.task = task
+        self.channel = channel
+        self.mid = uuid.UUID(message_id)
+        self.retries = int(task.request.retries or 0)
+        self.chord_mode = get_settings().comms_receipt_mode == "chord"
+
+    def result(self, outcome: str, **extra: Any) -> Result:
+        return result(self.mid, self.task.request.id or "", self.channel, outcome,
+                      retry_count=self.retries, **extra)
+
+    def run(self) -> Result:
+        claimed = store.claim(self.mid, holder=f"{self.task.request.id}:{self.retries}",
+                              retries=self.retries, lease_seconds=get_settings().comms_claim_lease)
+        if claimed is None:
+            # Terminal already, or a live attempt holds it: sending now would be a duplicate.
+            return self.result("SKIPPED")
+        request = DispatchRequest.model_validate(claimed.request)
+        verdict = prepare(self.channel, request)
+        if isinstance(verdict, Suppress):
+            return self.suppress(verdict.reason)
+        if isinstance(verdict, Defer):
+            return self.park(verdict.until, verdict.reason)
+        try:
+            outcome: Outcome = deliver(get_channel(self.channel, get_settings()), verdict,
+                                       transport())
+        except DispatchError as exc:
+            outcome = Permanent(f"{type(exc).__name__}: {exc}")
+        return self.settle(outcome)
+
+    def settle(self, outcome: Outcome) -> Result:
+        if isinstance(outcome, Sent):
+            with_db_retry(lambda: store.finish(
+                self.mid, "SENT", response_id=outcome.response_id, retry_count=self.retries,
+                write_receipt=not self.chord_mode))
+            return self.result("SENT", response_id=outcome.response_id)
+        policy = policies()[self.channel]
+        if isinstance(outcome, Retryable) and self.retries < policy.max_retries:
+            return self.retry(policy, outcome)
+        if isinstance(outcome, InvalidRecipient):
+            self.apply(outcome)
+            return self.fail(f"{outcome.reason} (recipient refused; not retried)")
+        if isinstance(outcome, Retryable):
+            if policy.on_final_failure == "park":
+                parked = self.park_for_later(policy, outcome.reason)
+                if parked is not None:
+                    return parked
+            return self.fail(f"retries exhausted: {outcome.reason}")
+        return self.fail(outcome.reason)
+
+    def retry(self, policy: RetryPolicy, outcome: Retryable) -> Result:
+        countdown = policy_delay(policy, self.retries, outcome.retry_after)
+        if countdown > get_settings().comms_max_countdown:
+            # Longer than a broker ETA may safely wait (visibility timeout): park in the database.
+            return self.park(clock.now() + timedelta(seconds=countdown),
+                             f"{outcome.reason}: vendor asked to wait {countdown:.0f}s")
+        with_db_retry(lambda: store.record_retrying(
+            self.mid, retry_count=self.retries, error=outcome.reason))
+        raise self.task.retry(countdown=countdown, exc=RetryableFailure(outcome.reason))
+
+    def park_for_later(self, policy: RetryPolicy, reason: str) -> Result | None:
+        """E-mail's final failure: a new round later, `max_parkings` times at most."""
+        dispatch = store.get_dispatch(self.mid)
+        assert policy.park_after_minutes is not None and policy.max_parkings is not None
+        if dispatch is None or dispatch["parkings"] >= policy.max_parkings:
+            return None
+        wait = get_settings().scaled(policy.park_after_minutes * 60)
+        return self.park(clock.now() + timedelta(seconds=wait), f"retries exhausted: {reason}")
+
+    def park(self, until: Any, reason: str) -> Result:
+        with_db_retry(lambda: deferral.park(self.mid, due_at=until, reason=reason,
+                                            retry_count=self.retries))
+        return self.result("DEFERRED", error=reason)
+
+    def apply(self, outcome: InvalidRecipient) -> None:
+        """Record in the contacts store what the vendor told us about the recipient."""
+        if outcome.action == "opt_out_sms":
+            row = store.get_dispatch(self.mid)
+            if row is not None:
+                contacts.set_flags(row["recipient"], sms_opt_out=True)
+        elif outcome.action == "remove_fcm_token" and outcome.target:
+            contacts.remove_token(outcome.target)
+        elif outcome.action == "unsubscribe_email":
+            row = store.get_dispatch(self.mid)
+            if row is not None:
+                contacts.set_flags(row["recipient"], email_unsubscribed=True)
+
+    def suppress(self, reason: str) -> Result:
+        with_db_retry(lambda: store.finish(self.mid, "SUPPRESSED", retry_count=self.retries,
+                                           error=reason, write_receipt=not self.chord_mode))
+        if policies()[self.channel].on_final_failure == "fallback":
+            from tasks.fallbacks import start_fallback
+
+            start_fallback(self.mid, f"suppressed: {reason}")
+        return self.result("SUPPRESSED", error=reason)
+
+    def fail(self, error: str) -> Result:
+        with_db_retry(lambda: store.finish(self.mid, "FAILED", retry_count=self.retries,
+                                           error=error))
+        raise DeliveryFailed(error)
+
+
 def deliver_message(task: Task, channel: str, message_id: str) -> Result:
-    settings = get_settings()
-    mid = uuid.UUID(message_id)
-    retries = int(task.request.retries or 0)
-    claimed = store.claim(
-        mid,
-        holder=f"{task.request.id}:{retries}",
-        retries=retries,
-        lease_seconds=settings.comms_claim_lease,
-    )
-    if claimed is None:
-        # Terminal already, or a live attempt holds it: sending now would be a duplicate.
-        return result(mid, channel, "SKIPPED")
-    request = DispatchRequest.model_validate(claimed.request)
-    try:
-        outcome: Outcome = deliver(
-            get_channel(channel, settings), Notification(request), transport()
-        )
-    except DispatchError as exc:
-        outcome = Permanent(f"{type(exc).__name__}: {exc}")
-    return settle(task, channel, mid, outcome, retries)
-
-
-def settle(task: Task, channel: str, mid: uuid.UUID, outcome: Outcome, retries: int) -> Result:
-    """Record `outcome` and tell Celery what comes next."""
-    chord_mode = get_settings().comms_receipt_mode == "chord"
-    if isinstance(outcome, Sent):
-        with_db_retry(
-            lambda: store.finish(
-                mid,
-                "SENT",
-                response_id=outcome.response_id,
-                retry_count=retries,
-                write_receipt=not chord_mode,
-            )
-        )
-        return result(mid, channel, "SENT", response_id=outcome.response_id, retry_count=retries)
-    policy = policies()[channel]
-    if isinstance(outcome, Retryable) and retries < policy.max_retries:
-        countdown = policy_delay(policy, retries, outcome.retry_after)
-        with_db_retry(lambda: store.record_retrying(mid, retry_count=retries, error=outcome.reason))
-        raise task.retry(countdown=countdown, exc=RetryableFailure(outcome.reason))
-    error = (
-        outcome.reason
-        if not isinstance(outcome, Retryable)
-        else f"retries exhausted: {outcome.reason}"
-    )
-    if isinstance(outcome, InvalidRecipient) and outcome.action is None:
-        error = f"invalid recipient: {error}"
-    with_db_retry(lambda: store.finish(mid, "FAILED", retry_count=retries, error=error))
-    raise DeliveryFailed(error)
+    return _Attempt(task, channel, message_id).run()

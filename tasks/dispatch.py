@@ -78,19 +78,25 @@ def dispatch(self: Task, request: Any) -> dict[str, Any]:
     return dispatch_receipt(message_id, req.channel, "queued" if accepted.new else accepted.state)
 
 
-def route(req: DispatchRequest, *, retries: int = 0) -> None:
+def route(req: DispatchRequest, *, round_no: int = 0, retries: int = 0) -> None:
     """Enqueue the channel task; its terminal receipt comes from a chord callback (design card) or
-    inline, per COMMS_RECEIPT_MODE. A final failure starts the fallback through link_error."""
+    inline, per COMMS_RECEIPT_MODE. A final failure starts the fallback through link_error.
+
+    `round_no` > 0 is a new round of attempts after a parking (deferral drain): fresh task ids,
+    a fresh retry budget. Task ids are derived from the message, so enqueueing the same round
+    twice (a replay) is still one message at the vendor: the claim in `dispatches` decides.
+    """
     assert req.message_id is not None
     mid = str(req.message_id)
+    suffix = f":{round_no}" if round_no else ""
     header = signature(f"comms.{req.channel}", kwargs={"message_id": mid}, app=app).set(
-        task_id=derived_id(mid, req.channel), retries=retries
+        task_id=derived_id(mid, req.channel + suffix), retries=retries
     )
     if policies()[req.channel].on_final_failure == "fallback" and req.parent_message_id is None:
         # Only first-generation dispatches fall back, so chains end.
         header = header.set(link_error=signature("comms.fallback", app=app))
     if get_settings().comms_receipt_mode == "chord":
-        body = signature("comms.receipt", app=app).set(task_id=derived_id(mid, "receipt"))
+        body = signature("comms.receipt", app=app).set(task_id=derived_id(mid, "receipt" + suffix))
         chord([header.set(ignore_result=False)], body).apply_async()
     else:
         header.apply_async()

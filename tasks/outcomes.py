@@ -11,6 +11,8 @@ class Result(TypedDict):
     """What a channel task returns: the chord callback turns it into the terminal receipt."""
 
     message_id: str
+    #: The Celery task that produced it (the chord callback frees its stored result).
+    task_id: str
     channel: str
     outcome: str  # SENT | FAILED | SUPPRESSED | DEFERRED | SKIPPED
     response_id: str | None
@@ -20,6 +22,7 @@ class Result(TypedDict):
 
 def result(
     message_id: uuid.UUID | str,
+    task_id: str,
     channel: str,
     outcome: str,
     *,
@@ -29,6 +32,7 @@ def result(
 ) -> Result:
     return Result(
         message_id=str(message_id),
+        task_id=task_id,
         channel=channel,
         outcome=outcome,
         response_id=response_id,

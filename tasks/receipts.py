@@ -19,7 +19,6 @@ from typing import Any
 from celery import Task
 from celery.signals import task_failure
 
-from tasks.dispatch import derived_id
 from tasks.outcomes import Result
 from worker.celery_app import app
 from worker.store import dispatches as store
@@ -44,7 +43,7 @@ def record_receipt(self: Task, results: list[Result]) -> int:
             )
     # The header results are only needed until now; free them so Redis returns to its baseline.
     for res in results:
-        self.app.AsyncResult(derived_id(res["message_id"], res["channel"])).forget()
+        self.app.AsyncResult(res["task_id"]).forget()
     return written
 
 

@@ -13,6 +13,7 @@ Settings must be in the environment before `worker` is imported, so this module 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from worker.sandbox import Sandbox
+from worker.sandbox.vendors.fcm import write_service_account
 
 REDIS_URL = os.environ.get("COMMS_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 DATABASE_URL = os.environ.get(
@@ -32,8 +34,11 @@ DATABASE_URL = os.environ.get(
 DELAY_SCALE = 0.01
 
 SANDBOX = Sandbox().start()
+_SERVICE_ACCOUNT_DIR = tempfile.mkdtemp(prefix="comms-fcm-")
 
 os.environ.update(SANDBOX.env())
+os.environ["FCM_SERVICE_ACCOUNT_FILE"] = str(
+    write_service_account(_SERVICE_ACCOUNT_DIR, SANDBOX.url))
 os.environ.update(
     COMMS_BROKER_URL=REDIS_URL,
     COMMS_DATABASE_URL=DATABASE_URL,

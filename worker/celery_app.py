@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.conf.update(celery_config(settings or get_settings()))
     from worker import logs, schedule
 
-    app.conf.beat_schedule = schedule.BEAT_SCHEDULE
+    app.conf.beat_schedule = schedule.beat_schedule()
     logs.quiet_expected_failures()
     return app
 

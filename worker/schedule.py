@@ -4,4 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-BEAT_SCHEDULE: dict[str, dict[str, Any]] = {}
+from config.settings import get_settings
+
+
+def beat_schedule() -> dict[str, dict[str, Any]]:
+    every = get_settings().comms_drain_every
+    return {
+        "drain-deferred": {"task": "comms.drain_deferred", "schedule": every,
+                           # A drain that could not run in time is skipped, not stacked up.
+                           "options": {"expires": every}},
+    }

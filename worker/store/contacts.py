@@ -1,0 +1,124 @@
+"""The contacts store: customers' phone, zone, consent and push tokens. Opt-outs recorded here
+always win over anything a request says; a request only fills in what the store does not know."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, delete, select, update
+
+from channels.contacts import Contact
+from worker.store.db import transaction
+from worker.store.dispatches import _insert
+from worker.store.models import Contact as ContactRow
+from worker.store.models import FcmToken, utcnow
+
+contacts = cast(Table, ContactRow.__table__)
+tokens = cast(Table, FcmToken.__table__)
+
+#: Fields a request's `customer` may set (never consent flags: those come from the customer).
+PROFILE_FIELDS = ("name", "phone", "timezone")
+
+
+def _contact(conn: Connection, email: str) -> Contact | None:
+    row = conn.execute(select(contacts).where(contacts.c.email == email)).first()
+    if row is None:
+        return None
+    held = conn.execute(
+        select(tokens.c.token).where(tokens.c.email == email).order_by(tokens.c.created_at.desc())
+    ).scalars().all()
+    return Contact(email=row.email, name=row.name, phone=row.phone, timezone=row.timezone,
+                   sms_opt_out=row.sms_opt_out, push_enabled=row.push_enabled,
+                   email_unsubscribed=row.email_unsubscribed, fcm_tokens=tuple(held))
+
+
+def get(email: str) -> Contact | None:
+    with transaction() as conn:
+        return _contact(conn, email.lower())
+
+
+def _ensure(conn: Connection, email: str) -> None:
+    conn.execute(
+        _insert(conn, contacts)
+        .values(email=email, sms_opt_out=False, push_enabled=True, email_unsubscribed=False,
+                updated_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["email"])
+    )
+
+
+def _add_token(conn: Connection, email: str, token: str) -> None:
+    conn.execute(
+        _insert(conn, tokens)
+        .values(token=token, email=email, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["token"])
+    )
+
+
+def merge_profile(email: str, profile: dict[str, Any] | None) -> Contact:
+    """Upsert what a request says of its recipient (name, phone, zone, token); the store's
+    consent flags are never changed by a request. Returns the resulting contact."""
+    email = email.lower()
+    with transaction() as conn:
+        _ensure(conn, email)
+        values = {k: profile[k] for k in PROFILE_FIELDS if profile and profile.get(k)}
+        if values:
+            conn.execute(update(contacts).where(contacts.c.email == email)
+                         .values(**values, updated_at=utcnow()))
+        if profile and profile.get("fcm_token"):
+            _add_token(conn, email, str(profile["fcm_token"]))
+        contact = _contact(conn, email)
+    assert contact is not None
+    return contact
+
+
+def set_flags(email: str, **flags: bool) -> None:
+    """Record consent: sms_opt_out, push_enabled, email_unsubscribed."""
+    unknown = set(flags) - {"sms_opt_out", "push_enabled", "email_unsubscribed"}
+    if unknown:
+        raise ValueError(f"unknown consent flags: {sorted(unknown)}")
+    email = email.lower()
+    with transaction() as conn:
+        _ensure(conn, email)
+        conn.execute(update(contacts).where(contacts.c.email == email)
+                     .values(**flags, updated_at=utcnow()))
+
+
+def remove_token(token: str) -> bool:
+    with transaction() as conn:
+        return bool(conn.execute(delete(tokens).where(tokens.c.token == token)).rowcount)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRow:
+    email: str
+    name: str | None = None
+    phone: str | None = None
+    timezone: str | None = None
+    sms_opt_out: bool | None = None
+    push_enabled: bool | None = None
+    email_unsubscribed: bool | None = None
+    fcm_tokens: tuple[str, ...] = ()
+
+
+def import_rows(rows: Iterable[ImportRow]) -> int:
+    """Upsert a batch in one transaction; fields left None keep the stored value."""
+    count = 0
+    with transaction() as conn:
+        for row in rows:
+            email = row.email.lower()
+            _ensure(conn, email)
+            values = {
+                k: getattr(row, k)
+                for k in ("name", "phone", "timezone", "sms_opt_out", "push_enabled",
+                          "email_unsubscribed")
+                if getattr(row, k) is not None
+            }
+            if values:
+                conn.execute(update(contacts).where(contacts.c.email == email)
+                             .values(**values, updated_at=utcnow()))
+            for token in row.fcm_tokens:
+                _add_token(conn, email, token)
+            count += 1
+    return count
