@@ -109,6 +109,17 @@ PAYLOAD_MODELS: dict[str, tuple[type[BaseModel], ...]] = {
 }
 
 
+def iana_zone(value: str | None) -> str | None:
+    """`value` if it names an IANA time zone (None passes); ValueError otherwise."""
+    if value is None:
+        return None
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown IANA time zone {value!r}") from exc
+    return value
+
+
 class Customer(_Strict):
     name: Annotated[Text, Field(max_length=200)] | None = None
     phone: Annotated[Text, Field(max_length=32)] | None = None
@@ -118,13 +129,7 @@ class Customer(_Strict):
     @field_validator("timezone")
     @classmethod
     def _iana_zone(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
-        return value
+        return iana_zone(value)
 
 
 class DispatchRequest(_Strict):

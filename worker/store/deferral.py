@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, select, update
 
@@ -23,7 +23,7 @@ deferred = cast(Table, Deferred.__table__)
 
 
 def park(message_id: uuid.UUID, *, due_at: datetime, reason: str, retry_count: int) -> int:
-    """Park a dispatch until `due_at` with a DEFERRED receipt; returns its parking number (1, 2...)."""
+    """Park a dispatch until `due_at` with a DEFERRED receipt; returns its parking number."""
     with transaction() as conn:
         row = _dispatch_row(conn, message_id)
         round_no = int(row.parkings) + 1
@@ -83,7 +83,7 @@ def claim_due(*, now: datetime, limit: int, claimer: str) -> list[Due]:
     return [Due(r.message_id, int(r.round_no), dict(requests[r.message_id])) for r in rows]
 
 
-def pending(message_id: uuid.UUID) -> list[dict[str, object]]:
+def pending(message_id: uuid.UUID) -> list[dict[str, Any]]:
     with transaction() as conn:
         rows = conn.execute(
             select(deferred).where(deferred.c.message_id == message_id).order_by(deferred.c.id)
