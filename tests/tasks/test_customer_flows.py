@@ -179,7 +179,7 @@ def test_sms_is_spec_valid_form_with_status_callback_when_sent(producer, sandbox
     }
     assert row["outcome"] == "SENT"
     assert row["response_id"].startswith("SM")
-    assert _contact(JANE).phone == "(415) 555-0123"
+    assert _contact(JANE).phone == "+14155550123"  # stored in E.164
 
 
 def test_suppressed_then_email_fallback_when_store_says_opted_out(producer, sandbox):

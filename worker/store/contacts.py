@@ -9,7 +9,9 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, delete, select, update
 
+from channels.checks import InvalidPhoneNumber, normalize_phone
 from channels.contacts import Contact
+from config.settings import get_settings
 from worker.store.db import transaction
 from worker.store.dispatches import _insert
 from worker.store.models import Contact as ContactRow
@@ -20,6 +22,17 @@ tokens = cast(Table, FcmToken.__table__)
 
 #: Fields a request's `customer` may set (never consent flags: those come from the customer).
 PROFILE_FIELDS = ("name", "phone", "timezone")
+
+
+def _e164(phone: str | None) -> str | None:
+    """Numbers are kept in E.164 when they parse (so Twilio's callbacks match them); one that does
+    not parse is kept as given, and the SMS check reports it."""
+    if not phone:
+        return phone
+    try:
+        return normalize_phone(phone, get_settings().comms_default_phone_region)
+    except InvalidPhoneNumber:
+        return phone
 
 
 def _contact(conn: Connection, email: str) -> Contact | None:
@@ -63,6 +76,8 @@ def merge_profile(email: str, profile: dict[str, Any] | None) -> Contact:
     with transaction() as conn:
         _ensure(conn, email)
         values = {k: profile[k] for k in PROFILE_FIELDS if profile and profile.get(k)}
+        if "phone" in values:
+            values["phone"] = _e164(values["phone"])
         if values:
             conn.execute(update(contacts).where(contacts.c.email == email)
                          .values(**values, updated_at=utcnow()))
@@ -115,6 +130,8 @@ def import_rows(rows: Iterable[ImportRow]) -> int:
                           "email_unsubscribed")
                 if getattr(row, k) is not None
             }
+            if "phone" in values:
+                values["phone"] = _e164(values["phone"])
             if values:
                 conn.execute(update(contacts).where(contacts.c.email == email)
                              .values(**values, updated_at=utcnow()))
@@ -122,3 +139,12 @@ def import_rows(rows: Iterable[ImportRow]) -> int:
                 _add_token(conn, email, token)
             count += 1
     return count
+
+
+def opt_out_phone(phone: str) -> int:
+    """Record an SMS opt-out for every contact with this number; returns how many."""
+    with transaction() as conn:
+        return int(conn.execute(
+            update(contacts).where(contacts.c.phone == _e164(phone))
+            .values(sms_opt_out=True, updated_at=utcnow())
+        ).rowcount)
