@@ -22,19 +22,30 @@ class Settings(BaseSettings):
     #: Result backend for chord receipts; empty = derived from the broker (Redis, or in-memory).
     comms_result_backend: str = ""
     comms_database_url: str = "sqlite:///comms.db"
-    #: Redis visibility timeout (s), set identically for broker and result backend.
-    comms_visibility_timeout: int = Field(default=3600, ge=60)
-    #: Upper bound (s) for any Celery countdown/ETA; longer waits go to the deferral table.
+    #: Redis visibility timeout (s), set identically for broker and result backend. Also how long a
+    #: whole worker's lost messages wait in Redis before redelivery (docs/operations.md).
+    comms_visibility_timeout: int = Field(default=3600, ge=10)
+    #: Upper bound (s) for any Celery countdown/ETA; longer waits go to the deferral table. The
+    #: bound in force is `countdown_bound`: this, but never more than a quarter of the visibility
+    #: timeout, so no ETA can outlive its message's visibility (celery-notes.md §2).
     comms_max_countdown: int = Field(default=300, ge=1)
     #: Multiplies every retry-table delay; 1.0 in production, smaller in tests and the demo.
     #: A vendor's own Retry-After is never scaled.
     comms_delay_scale: float = Field(default=1.0, gt=0)
-    #: Seconds added to the clock used for scheduling (quiet hours, due times); tests and drills only.
+    #: Seconds added to the scheduling clock (quiet hours, due times); tests and drills only.
     comms_clock_offset: float = 0.0
     #: Seconds between beat's drains of parked and stranded work.
     comms_drain_every: float = Field(default=60.0, gt=0)
-    #: Rows one drain run moves at most.
+    #: Rows one drain run moves at most (also per outbox sweep).
     comms_drain_batch: int = Field(default=500, ge=1)
+    #: Outbox replay: seconds with no sign of life (no state change, lease and expected retry
+    #: both past) after which an unfinished dispatch is re-enqueued by the sweep.
+    comms_replay_after: float = Field(default=300.0, gt=0)
+    #: Replays one dispatch may get; the next stale sweep closes it FAILED ("no progress ...").
+    comms_max_replays: int = Field(default=5, ge=0)
+    #: Parkings of any kind (quiet hours, a vendor's long Retry-After, e-mail rounds) one dispatch
+    #: may get; past it, FAILED. E-mail's own rounds are bounded lower by its max_parkings.
+    comms_max_parkings: int = Field(default=10, ge=1)
     #: "chord" (the design card: the terminal receipt is a chord callback) or "inline"
     #: (the channel task writes it in the same transaction as the send state).
     comms_receipt_mode: str = "chord"
@@ -109,6 +120,11 @@ class Settings(BaseSettings):
         if self.comms_broker_url.startswith(("redis://", "rediss://")):
             return self.comms_broker_url
         return "cache+memory://"
+
+    @property
+    def countdown_bound(self) -> float:
+        """The longest countdown/ETA any code path may give Celery (s); longer waits park."""
+        return float(min(self.comms_max_countdown, self.comms_visibility_timeout / 4))
 
     def scaled(self, seconds: float) -> float:
         """A retry-table delay after the delay scale."""

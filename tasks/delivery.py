@@ -31,6 +31,7 @@ from worker import clock
 from worker.store import contacts, deferral
 from worker.store import dispatches as store
 from worker.store.db import with_db_retry
+from worker.store.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,12 @@ def transport() -> HttpTransport:
     return HttpTransport(settings.comms_http_connect_timeout, settings.comms_http_read_timeout)
 
 
+def park_delay(policy: RetryPolicy) -> float:
+    """Seconds from a parking for exhausted retries to the next round (e-mail: 15 min), scaled."""
+    assert policy.park_after_minutes is not None
+    return get_settings().scaled(policy.park_after_minutes * 60)
+
+
 def policy_delay(policy: RetryPolicy, retries_done: int, retry_after: float | None) -> float:
     """Seconds before the next try: the vendor's Retry-After wins; else the table, scaled."""
     if retry_after is not None:
@@ -84,13 +91,16 @@ class _Attempt:
                       retry_count=self.retries, **extra)
 
     def run(self) -> Result:
-        claimed = store.claim(self.mid, holder=f"{self.task.request.id}:{self.retries}",
-                              retries=self.retries, lease_seconds=get_settings().comms_claim_lease)
+        # PostgreSQL unreachable before the send: wait for it (nothing sent yet). Still down after
+        # that, the task fails and the outbox sweep replays the message later (never FAILED for it).
+        claimed = with_db_retry(lambda: store.claim(
+            self.mid, holder=f"{self.task.request.id}:{self.retries}",
+            lease_seconds=get_settings().comms_claim_lease))
         if claimed is None:
             # Terminal already, or a live attempt holds it: sending now would be a duplicate.
             return self.result("SKIPPED")
         request = DispatchRequest.model_validate(claimed.request)
-        verdict = prepare(self.channel, request)
+        verdict = with_db_retry(lambda: prepare(self.channel, request))
         if isinstance(verdict, Suppress):
             return self.suppress(verdict.reason)
         if isinstance(verdict, Defer):
@@ -104,9 +114,11 @@ class _Attempt:
 
     def settle(self, outcome: Outcome) -> Result:
         if isinstance(outcome, Sent):
+            # The vendor acted: the record must be written, or a replay would send again. Keep
+            # trying for COMMS_REPLAY_AFTER, the silence after which the sweep could replay it.
             with_db_retry(lambda: store.finish(
                 self.mid, "SENT", response_id=outcome.response_id, retry_count=self.retries,
-                write_receipt=not self.chord_mode))
+                write_receipt=not self.chord_mode), patience=get_settings().comms_replay_after)
             return self.result("SENT", response_id=outcome.response_id)
         policy = policies()[self.channel]
         if isinstance(outcome, Retryable) and self.retries < policy.max_retries:
@@ -123,25 +135,35 @@ class _Attempt:
         return self.fail(outcome.reason)
 
     def retry(self, policy: RetryPolicy, outcome: Retryable) -> Result:
+        settings = get_settings()
         countdown = policy_delay(policy, self.retries, outcome.retry_after)
-        if countdown > get_settings().comms_max_countdown:
+        if countdown > settings.countdown_bound:
             # Longer than a broker ETA may safely wait (visibility timeout): park in the database.
             return self.park(clock.now() + timedelta(seconds=countdown),
                              f"{outcome.reason}: vendor asked to wait {countdown:.0f}s")
+        # The retry should have started by then; until that time the outbox sweep leaves it be.
+        expect_by = utcnow() + timedelta(seconds=countdown + settings.comms_claim_lease)
         with_db_retry(lambda: store.record_retrying(
-            self.mid, retry_count=self.retries, error=outcome.reason))
+            self.mid, retry_count=self.retries, error=outcome.reason, expect_by=expect_by))
         raise self.task.retry(countdown=countdown, exc=RetryableFailure(outcome.reason))
 
     def park_for_later(self, policy: RetryPolicy, reason: str) -> Result | None:
         """E-mail's final failure: a new round later, `max_parkings` times at most."""
         dispatch = store.get_dispatch(self.mid)
-        assert policy.park_after_minutes is not None and policy.max_parkings is not None
+        assert policy.max_parkings is not None
         if dispatch is None or dispatch["parkings"] >= policy.max_parkings:
             return None
-        wait = get_settings().scaled(policy.park_after_minutes * 60)
-        return self.park(clock.now() + timedelta(seconds=wait), f"retries exhausted: {reason}")
+        return self.park(clock.now() + timedelta(seconds=park_delay(policy)),
+                         f"retries exhausted: {reason}")
 
     def park(self, until: Any, reason: str) -> Result:
+        """Park until `until` (DEFERRED), unless the message was parked too often already: then
+        FAILED, so no path (quiet hours, a vendor's long Retry-After) parks a message for ever."""
+        limit = get_settings().comms_max_parkings
+        dispatch = store.get_dispatch(self.mid)
+        if dispatch is not None and dispatch["parkings"] >= limit:
+            return self.fail(f"parked {dispatch['parkings']} times without being sent "
+                             f"(COMMS_MAX_PARKINGS={limit}): {reason}")
         with_db_retry(lambda: deferral.park(self.mid, due_at=until, reason=reason,
                                             retry_count=self.retries))
         return self.result("DEFERRED", error=reason)

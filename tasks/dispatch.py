@@ -42,6 +42,8 @@ def usable_message_id(raw: Any, fallback: str) -> uuid.UUID:
     default_retry_delay=2,
     autoretry_for=(OperationalError,),
     retry_backoff=True,
+    # 1, 2, 4, 8, 16 s while PostgreSQL is unreachable; capped well under the countdown bound.
+    retry_backoff_max=30,
     retry_jitter=False,
 )
 def dispatch(self: Task, request: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 from config.tables import routing
 from worker.celery_app import app
 from worker.store import dispatches as store
+from worker.store.db import is_connection_problem
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def fallback_on_failure(request: Any, exc: BaseException, traceback: Any) -> Non
     """link_error errback of channels whose policy falls back. Celery calls it in the failing
     worker at final failure only (never on retries), also after the pool child was lost."""
     message_id = (request.kwargs or {}).get("message_id")
-    if message_id is None:
+    if message_id is None or is_connection_problem(exc):
+        # A database outage is no verdict on the message: the outbox sweep replays it instead.
         return
     start_fallback(uuid.UUID(message_id), f"{type(exc).__name__}: {exc}")

@@ -6,7 +6,9 @@ worker killed mid-task never returns at all. So:
 - FAILED: written by the channel task itself before it raises (the chord body will not run);
 - a task that died without a verdict (WorkerLostError, a bug): the `task_failure` handler below,
   which runs in the worker's main process even when the pool child is gone;
-- a callback lost with the broker: the outbox sweep reconciles it from `dispatches`.
+- a callback lost with the broker: the outbox sweep reconciles it from `dispatches`
+  (tasks/maintenance.py);
+- a pool child lost mid-send and retried by Celery: `_release_lost_claim` frees its lease.
 All of them insert against the partial unique index, so the log keeps exactly one terminal row.
 """
 
@@ -17,11 +19,13 @@ import uuid
 from typing import Any
 
 from celery import Task
-from celery.signals import task_failure
+from celery.exceptions import WorkerLostError
+from celery.signals import task_failure, task_retry
 
 from tasks.outcomes import Result
 from worker.celery_app import app
 from worker.store import dispatches as store
+from worker.store.db import is_connection_problem
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +64,37 @@ def _close_failed_dispatch(
     message_id = (kwargs or {}).get("message_id") if isinstance(kwargs, dict) else None
     if not name.startswith("comms.") or message_id is None:
         return
+    if exception is not None and is_connection_problem(exception):
+        # PostgreSQL was unreachable: not the message's fault, and its state could not be
+        # recorded. Left unfinished, the outbox sweep replays it once the database is back.
+        log.warning("dispatch %s left for the outbox sweep: database unreachable", message_id)
+        return
     try:
         store.fail_unless_terminal(
             uuid.UUID(message_id), f"{type(exception).__name__}: {exception}"
         )
     except Exception:
         log.exception("could not close dispatch %s after failure", message_id)
+
+
+@task_retry.connect
+def _release_lost_claim(sender: Any = None, request: Any = None, reason: Any = None,
+                        **_: Any) -> None:
+    """A pool child died mid-task and Celery retries it (`task_retry_on_worker_lost`): release the
+    dead try's lease, so the retry can claim the send. Runs in the worker's main process. Without
+    this the retry would find the lease live and skip, and the outbox sweep would replay the
+    message once the lease and COMMS_REPLAY_AFTER have passed: later, but never lost."""
+    name = getattr(sender, "name", "") or ""
+    if not name.startswith("comms.") or not isinstance(getattr(reason, "exc", None),
+                                                        WorkerLostError):
+        return
+    kwargs = getattr(request, "kwargs", None) or {}
+    message_id = kwargs.get("message_id") if isinstance(kwargs, dict) else None
+    if message_id is None:
+        return
+    holder = f"{request.id}:{int(request.retries or 0)}"
+    try:
+        if store.release_lost_claim(uuid.UUID(message_id), holder=holder):
+            log.warning("released the claim of lost try %s of %s", holder, message_id)
+    except Exception:
+        log.exception("could not release the claim of lost try %s of %s", holder, message_id)

@@ -115,10 +115,11 @@ def clean(database: str) -> Iterator[None]:
     """Empty tables and a sandbox with no recorded requests or scripted faults."""
     from worker.store.db import get_engine
 
+    # DELETE, not TRUNCATE: TRUNCATE's exclusive lock can deadlock with a worker thread still
+    # finishing an earlier test's retry.
     with get_engine().begin() as conn:
-        conn.execute(
-            text("TRUNCATE comms_log, dispatches, fcm_tokens, contacts, deferred_dispatches")
-        )
+        for table in ("comms_log", "deferred_dispatches", "fcm_tokens", "contacts", "dispatches"):
+            conn.execute(text(f"DELETE FROM {table}"))
     SANDBOX.clear()
     yield
 

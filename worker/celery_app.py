@@ -1,9 +1,11 @@
 """The Celery app: JSON only, late acks, one queue per channel, one visibility timeout everywhere.
 
-Crash semantics (celery-notes.md §3, docs/operations.md): tasks ack late, so a message whose
-worker dies is delivered again; a pool child killed mid-task is retried through
-`task_retry_on_worker_lost` (bounded by the task's max_retries); the claim in `dispatches`
-keeps a redelivered message from calling the vendor twice while the first try's lease is live.
+Crash semantics (celery-notes.md §3, docs/operations.md "Crash semantics"): tasks ack late, so a
+message whose whole worker dies is delivered again after the visibility timeout (or replayed by the
+outbox sweep, whichever comes first); a pool child killed mid-task is retried through
+`task_retry_on_worker_lost` (bounded by the task's max_retries), its lease released by the main
+process (tasks/receipts.py); the claim in `dispatches` keeps any other copy of a message from
+calling the vendor while a live lease is held, and from calling it at all once the send is recorded.
 """
 
 from __future__ import annotations
@@ -55,11 +57,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "task_acks_late": True,
-        # A pool child killed mid-send: retry the task (max_retries bounds it) rather than ack it
-        # as failed (the default) or requeue it for ever (reject_on_worker_lost).
+        # A pool child killed mid-send: retry the task (max_retries bounds it, after
+        # default_retry_delay) rather than ack it as failed (the default) or requeue it for ever
+        # (reject_on_worker_lost, which must stay off: not both).
         "task_retry_on_worker_lost": True,
+        "task_reject_on_worker_lost": False,
+        # Reserve one message per pool slot: a killed worker strands as few as possible.
         "worker_prefetch_multiplier": 1,
-        "worker_soft_shutdown_timeout": 10.0,
+        # Cold shutdown (SIGQUIT, REMAP_SIGTERM=SIGQUIT, a second SIGTERM): let a send in flight
+        # finish its HTTP call (connect + read timeouts), then push unacked messages back to Redis
+        # instead of leaving them for the visibility timeout; also when only ETA retries are held.
+        "worker_soft_shutdown_timeout": settings.comms_http_connect_timeout
+        + settings.comms_http_read_timeout + 5.0,
+        "worker_enable_soft_shutdown_on_idle": True,
         "task_ignore_result": True,
         "result_expires": 3600,
         "task_queues": [Queue(name) for name in QUEUES],

@@ -55,23 +55,28 @@ def transaction() -> Iterator[Connection]:
         yield conn
 
 
-def with_db_retry(fn: Callable[[], T], *, attempts: int = 6, first_delay: float = 0.5) -> T:
+def with_db_retry(fn: Callable[[], T], *, patience: float = 30.0, first_delay: float = 0.5) -> T:
     """Run `fn` (one whole transaction), retrying while the database is unreachable.
 
-    Used for writes that must not be dropped after a vendor already acted (a receipt after a send):
-    the task must not fail and re-send because PostgreSQL blinked. About 30 s of patience in all.
+    Used for writes that must not be dropped (a receipt after a vendor already acted): the task must
+    not fail and re-send because PostgreSQL blinked. Tries again with backoff (0.5 s doubling, at
+    most 10 s apart) for `patience` seconds, then raises the last error. Other errors (a bug, a
+    constraint) raise at once.
     """
+    deadline = time.monotonic() + patience
     delay = first_delay
-    for attempt in range(attempts):
+    while True:
         try:
             return fn()
         except (OperationalError, DBAPIError) as exc:
-            if attempt == attempts - 1 or not _is_connection_problem(exc):
+            if not is_connection_problem(exc) or time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
-    raise AssertionError("unreachable")
 
 
-def _is_connection_problem(exc: DBAPIError) -> bool:
+def is_connection_problem(exc: BaseException) -> bool:
+    """The database could not be reached (as opposed to a bug or a constraint)."""
+    if not isinstance(exc, DBAPIError):
+        return False
     return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)

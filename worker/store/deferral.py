@@ -76,10 +76,10 @@ def claim_due(*, now: datetime, limit: int, claimer: str) -> list[Due]:
             .where(dispatches.c.message_id.in_(ids), dispatches.c.state == "deferred")
             .values(state="queued", updated_at=utcnow())
         )
-        requests = dict(conn.execute(
+        requests = {row.message_id: row.request for row in conn.execute(
             select(dispatches.c.message_id, dispatches.c.request)
             .where(dispatches.c.message_id.in_(ids))
-        ).tuples().all())
+        )}
     return [Due(r.message_id, int(r.round_no), dict(requests[r.message_id])) for r in rows]
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, or_, select, update
+from sqlalchemy import Connection, Table, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from worker.store.db import transaction
@@ -92,28 +92,22 @@ class Claim:
     attempts: int
 
 
-def claim(
-    message_id: uuid.UUID, *, holder: str, retries: int, lease_seconds: float
-) -> Claim | None:
+def claim(message_id: uuid.UUID, *, holder: str, lease_seconds: float) -> Claim | None:
     """Take the right to call the vendor for this message, or None when that would be a duplicate.
 
-    Claimable: not terminal, and no live lease, or the lease is held by an earlier try of the same
-    task (its worker was lost; Celery retried it). `holder` is "<task id>:<retries>".
+    Claimable: not terminal, and not held by a live lease. No try ever takes over a live lease,
+    not even a later try of the same task: a pool child lost mid-send has its lease released by
+    the worker's main process (`release_lost_claim`), anything else waits for the lease to end.
+    `holder` is "<task id>:<retries>".
     """
     now = utcnow()
-    task_id = holder.rsplit(":", 1)[0]
-    earlier_try = [f"{task_id}:{n}" for n in range(retries)]
     with transaction() as conn:
         row = conn.execute(
             update(dispatches)
             .where(
                 dispatches.c.message_id == message_id,
                 dispatches.c.state.not_in(TERMINAL_STATES),
-                or_(
-                    dispatches.c.state != "sending",
-                    dispatches.c.lease_until < now,
-                    dispatches.c.claimed_by.in_(earlier_try),
-                ),
+                or_(dispatches.c.state != "sending", dispatches.c.lease_until < now),
             )
             .values(
                 state="sending",
@@ -125,6 +119,23 @@ def claim(
             .returning(dispatches.c.request, dispatches.c.attempts)
         ).first()
     return None if row is None else Claim(dict(row.request), int(row.attempts))
+
+
+def release_lost_claim(message_id: uuid.UUID, *, holder: str) -> bool:
+    """The try `holder` died with its pool child and Celery retries it: free its lease so the retry
+    can claim at once. Only that holder's lease is released; returns whether it was."""
+    with transaction() as conn:
+        released = conn.execute(
+            update(dispatches)
+            .where(
+                dispatches.c.message_id == message_id,
+                dispatches.c.state == "sending",
+                dispatches.c.claimed_by == holder,
+            )
+            .values(state="retrying", claimed_by=None, lease_until=None, updated_at=utcnow())
+            .returning(dispatches.c.message_id)
+        ).first()
+    return released is not None
 
 
 def _log_values(
@@ -174,8 +185,14 @@ def _write_terminal(
     return written is not None
 
 
-def record_retrying(message_id: uuid.UUID, *, retry_count: int, error: str) -> None:
-    """A failed attempt that will be retried: a RETRYING row, and the lease released."""
+def record_retrying(
+    message_id: uuid.UUID, *, retry_count: int, error: str, expect_by: datetime | None = None
+) -> None:
+    """A failed attempt that will be retried: a RETRYING row, and the lease released.
+
+    `expect_by` is when the retry should have started at the latest (its countdown plus slack);
+    it is kept in `lease_until`, which the claim ignores for a `retrying` row, so the outbox sweep
+    does not replay a retry that is merely waiting out its countdown."""
     with transaction() as conn:
         row = _dispatch_row(conn, message_id)
         conn.execute(
@@ -191,7 +208,7 @@ def record_retrying(message_id: uuid.UUID, *, retry_count: int, error: str) -> N
             .values(
                 state="retrying",
                 claimed_by=None,
-                lease_until=None,
+                lease_until=expect_by,
                 error=error,
                 updated_at=utcnow(),
             )
@@ -336,31 +353,3 @@ def get_dispatch(message_id: uuid.UUID) -> dict[str, Any] | None:
             .first()
         )
     return None if row is None else dict(row)
-
-
-def stale_without_terminal(older_than: datetime, limit: int) -> list[uuid.UUID]:
-    """Dispatches with no terminal receipt and no sign of life since `older_than` (outbox sweep)."""
-    with transaction() as conn:
-        has_terminal = (
-            select(comms_log.c.id)
-            .where(
-                comms_log.c.message_id == dispatches.c.message_id,
-                comms_log.c.outcome.in_(TERMINAL_OUTCOMES),
-            )
-            .exists()
-        )
-        rows = (
-            conn.execute(
-                select(dispatches.c.message_id)
-                .where(
-                    dispatches.c.updated_at < older_than,
-                    ~has_terminal,
-                    and_(dispatches.c.state != "deferred"),
-                )
-                .order_by(dispatches.c.updated_at)
-                .limit(limit)
-            )
-            .scalars()
-            .all()
-        )
-    return list(rows)

@@ -1,0 +1,218 @@
+"""Nothing lost when processes or the broker die: real worker and beat processes, real Redis,
+real PostgreSQL, the sandbox. Figures are printed (run with -s to see them)."""
+
+from __future__ import annotations
+
+import collections
+import functools
+import time
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from tasks.dispatch import derived_id
+from tests.conftest import wait_for
+from tests.durability.conftest import wait_until
+from worker.sandbox import Reply
+from worker.store import dispatches as store
+from worker.store.db import transaction
+from worker.store.models import TERMINAL_OUTCOMES
+
+OPS = ("slack", "zendesk", "pagerduty", "jira")
+
+
+def ops_request(i: int) -> dict[str, Any]:
+    """Message `i`, its channel by turn; the tag `msg-i` and a recipient of its own (PagerDuty's
+    dedup_key is recipient-signal-date) let the sandbox's calls be counted per message."""
+    channel = OPS[i % len(OPS)]
+    tag = f"msg-{i}"
+    payloads = {
+        "slack": {"formatted_message": tag, "fallback_text": tag},
+        "zendesk": {"subject": tag, "body": f"{tag} body"},
+        "pagerduty": {"summary": tag},
+        "jira": {"project_key": "OPS", "issue_type": "Incident", "summary": tag,
+                 "description": f"{tag} description"},
+    }
+    return {"recipient": f"user{i}@example.com", "channel": channel, "priority": "HIGH",
+            "message_id": str(uuid.uuid4()), "signal_type": "network_outage",
+            "severity": "major", "message_payload": payloads[channel]}
+
+
+def terminal_counts(ids: list[str]) -> dict[str, int]:
+    """message_id -> number of terminal comms_log rows."""
+    with transaction() as conn:
+        rows = conn.execute(
+            select(store.comms_log.c.message_id, func.count())
+            .where(store.comms_log.c.message_id.in_([uuid.UUID(i) for i in ids]),
+                   store.comms_log.c.outcome.in_(TERMINAL_OUTCOMES))
+            .group_by(store.comms_log.c.message_id)
+        ).all()
+    return {str(mid): int(n) for mid, n in rows}
+
+
+def calls_per_message(sandbox: Any) -> dict[str, collections.Counter[str]]:
+    """vendor -> Counter(tag or key -> calls)."""
+    out: dict[str, collections.Counter[str]] = {v: collections.Counter() for v in OPS}
+    for call in sandbox.requests():
+        if call.vendor == "slack":
+            out["slack"][call.json()["text"]] += 1
+        elif call.vendor == "jira":
+            out["jira"][call.json()["fields"]["summary"]] += 1
+        elif call.vendor == "zendesk":
+            out["zendesk"][call.headers["idempotency-key"]] += 1
+        elif call.vendor == "pagerduty":
+            out["pagerduty"][call.json()["dedup_key"]] += 1
+    return out
+
+
+def _calls_at_least(sandbox: Any, n: int) -> bool:
+    return len(sandbox.requests()) >= n
+
+
+@pytest.mark.slow
+def test_one_terminal_row_each_when_the_worker_is_sigkilled_twice_mid_run(cluster, sandbox):
+    sandbox.latency = 0.2
+    c = cluster(COMMS_REPLAY_AFTER=3)
+    worker = c.worker().start()
+    c.beat().start(ready=None)
+    requests = [ops_request(i) for i in range(300)]
+    ids = [r["message_id"] for r in requests]
+    started = time.monotonic()
+    try:
+        c.send(requests)
+        kills = []
+        for at_least in (40, 140):
+            wait_for(functools.partial(_calls_at_least, sandbox, at_least), timeout=60)
+            in_flight = len(sandbox.requests())
+            worker.kill()
+            kills.append(in_flight)
+            worker.start()
+        wait_for(lambda: len(terminal_counts(ids)) == 300, timeout=120, interval=0.5)
+        elapsed = time.monotonic() - started
+        time.sleep(12)  # the killed workers' messages come back after the visibility timeout
+    finally:
+        sandbox.latency = 0.0
+
+    counts = terminal_counts(ids)
+    assert set(counts) == set(ids) and set(counts.values()) == {1}
+    outcomes = collections.Counter(store.terminal_row(uuid.UUID(i))["outcome"]  # type: ignore[index]
+                                   for i in ids)
+    assert outcomes == {"SENT": 300}
+    per = calls_per_message(sandbox)
+    duplicates = {v: sum(n - 1 for n in per[v].values()) for v in OPS}
+    assert all(len(per[v]) == 75 for v in OPS)  # every message reached its vendor
+    # Keys make the vendor's effect exactly once: one ticket per message, one alert per key.
+    assert len(sandbox.state["zendesk.tickets"]) == 75
+    assert len(sandbox.state["pagerduty.alerts"]) == 75
+    replays = sum(store.get_dispatch(uuid.UUID(i))["replays"] for i in ids)  # type: ignore[index]
+    print(f"\nSIGKILL x2 (at {kills[0]} and {kills[1]} vendor calls): 300/300 terminal in "
+          f"{elapsed:.1f}s; duplicate vendor calls {duplicates} (total "
+          f"{sum(duplicates.values())}); zendesk tickets 75/75, pagerduty alerts 75/75; "
+          f"replays {replays}")
+
+
+@pytest.mark.slow
+def test_all_reach_a_terminal_row_within_replay_time_when_redis_is_flushed(
+        cluster, sandbox, broker):
+    replay_after, every = 2.0, 1.0
+    c = cluster(COMMS_REPLAY_AFTER=replay_after, COMMS_DRAIN_EVERY=every)
+    # Only comms.dispatch runs: 200 dispatches are accepted and their channel tasks wait in Redis.
+    acceptor = c.worker("acceptor", queues="celery").start()
+    requests = [ops_request(i) for i in range(200)]
+    ids = [r["message_id"] for r in requests]
+    c.send(requests)
+
+    def accepted() -> bool:
+        with transaction() as conn:
+            return conn.execute(select(func.count()).select_from(store.dispatches)).scalar() == 200
+
+    wait_for(accepted, timeout=60, interval=0.2)
+    acceptor.stop()
+    queued = sum(broker.llen(q) for q in OPS)
+    assert queued == 200
+    broker.flushdb()  # Redis restarted without persistence: every queued task is gone
+    flushed = time.monotonic()
+    c.worker().start()
+    c.beat().start(ready=None)
+
+    took = wait_until(lambda: len(terminal_counts(ids)) == 200, timeout=60, interval=0.5)
+
+    since_flush = time.monotonic() - flushed
+    counts = terminal_counts(ids)
+    assert set(counts.values()) == {1}
+    per = calls_per_message(sandbox)
+    assert sum(sum(v.values()) for v in per.values()) == 200  # each sent once
+    # Documented: replayed within COMMS_REPLAY_AFTER + one sweep period of the last sign of life,
+    # then sent; 200 sends at 8 threads and worker start-up fit in the margin.
+    assert since_flush < replay_after + every + 20
+    replays = collections.Counter(store.get_dispatch(uuid.UUID(i))["replays"]  # type: ignore[index]
+                                  for i in ids)
+    print(f"\nRedis flushed with 200 queued: all 200 terminal {since_flush:.1f}s after the flush "
+          f"({took:.1f}s after worker start; COMMS_REPLAY_AFTER={replay_after:g}s, "
+          f"sweep every {every:g}s); dispatches by replays {dict(replays)}")
+
+
+@pytest.mark.slow
+def test_sent_once_more_by_the_retry_when_a_pool_child_is_killed_mid_send(cluster, sandbox):
+    """prefork: the child dies mid-send, Celery retries (task_retry_on_worker_lost), the main
+    process releases the dead try's lease, and the retry sends at once, not after the lease."""
+    import os
+    import signal
+
+    c = cluster(COMMS_CLAIM_LEASE=120, COMMS_REPLAY_AFTER=600)
+    worker = c.worker(pool="prefork", concurrency=1).start()
+    request = ops_request(0)  # slack
+    sandbox.script("slack", Reply(200, {"ok": True, "channel": "C1", "ts": "1.000001"},
+                                  delay=30.0))
+    c.send([request])
+    mid = uuid.UUID(request["message_id"])
+    wait_for(lambda: sandbox.requests("slack"), timeout=30)
+    os.kill(_only_child(worker.pid), signal.SIGKILL)
+    killed = time.monotonic()
+
+    row = wait_for(lambda: store.terminal_row(mid), timeout=30)
+
+    assert row["outcome"] == "SENT"
+    assert time.monotonic() - killed < 20  # well before the 120 s lease would have ended
+    assert len(sandbox.requests("slack")) == 2  # the lost call, and the retry's
+    assert store.get_dispatch(mid)["attempts"] == 2  # type: ignore[index]
+    assert f"released the claim of lost try {derived_id(mid, 'slack')}:0" in worker.output()
+
+
+def _only_child(pid: int) -> int:
+    from pathlib import Path
+
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+@pytest.mark.usefixtures("worker", "clean")
+def test_receipt_written_and_nothing_resent_when_postgres_blinks_after_the_send(
+        producer, sandbox, monkeypatch):
+    """The vendor accepted; recording it fails twice (connection lost): the write is retried,
+    the message is not failed, not sent again, and has its one SENT row."""
+    from sqlalchemy.exc import OperationalError
+
+    from tests.conftest import log_outcomes, slack_request, terminal
+
+    real_finish = store.finish
+    failures = [OperationalError("UPDATE dispatches", {}, Exception("server closed the connection"))
+                ] * 2
+
+    def flaky_finish(*args: Any, **kwargs: Any) -> bool:
+        if args[1] == "SENT" and failures:
+            raise failures.pop()
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(store, "finish", flaky_finish)
+    request = slack_request()
+    producer(request)
+
+    row = terminal(request["message_id"])
+
+    assert row["outcome"] == "SENT" and failures == []
+    assert len(sandbox.requests("slack")) == 1
+    assert log_outcomes(request["message_id"]) == ["SENT"]
