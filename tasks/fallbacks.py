@@ -16,6 +16,20 @@ from worker.store.db import is_connection_problem
 log = logging.getLogger(__name__)
 
 
+def _slack_post(base: dict[str, Any], message_id: str, text: str, target: str) -> dict[str, Any]:
+    return {
+        **base,
+        "channel": "slack",
+        "message_id": message_id,
+        "message_payload": {
+            # Slack's limits: 3,000 characters for a section's text, 4,000 for the fallback.
+            "formatted_message": text[:3000],
+            "fallback_text": text[:4000],
+            "target_channel_id": target,
+        },
+    }
+
+
 def fallback_request(parent: dict[str, Any], reason: str) -> dict[str, Any] | None:
     """The request a failed `parent` falls back to, or None when its channel has no fallback."""
     from tasks.dispatch import derived_id
@@ -30,38 +44,21 @@ def fallback_request(parent: dict[str, Any], reason: str) -> dict[str, Any] | No
         "severity": parent.get("severity"),
         "parent_message_id": parent["message_id"],
     }
+    fallback_id = derived_id(parent["message_id"], "fallback")
     if channel == "pagerduty":
         mention = f"{slack.oncall.mention} " if slack.oncall.mention else ""
         text = f"{mention}PagerDuty page failed ({reason}): {payload['summary']}"
-        return {
-            **base,
-            "channel": "slack",
-            "message_id": derived_id(parent["message_id"], "fallback"),
-            "message_payload": {
-                "formatted_message": text[:3000],
-                "fallback_text": text[:4000],
-                "target_channel_id": slack.oncall.channel,
-            },
-        }
+        return _slack_post(base, fallback_id, text, slack.oncall.channel)
     if channel == "zendesk":
         what = payload.get("subject") or f"note on ticket {payload.get('ticket_id')}"
         text = f"Zendesk dispatch {parent['message_id']} failed ({reason}): {what}"
-        return {
-            **base,
-            "channel": "slack",
-            "message_id": derived_id(parent["message_id"], "fallback"),
-            "message_payload": {
-                "formatted_message": text[:3000],
-                "fallback_text": text[:4000],
-                "target_channel_id": slack.review.channel,
-            },
-        }
+        return _slack_post(base, fallback_id, text, slack.review.channel)
     if channel == "sms":
         body = payload["sms_body"]
         return {
             **base,
             "channel": "email",
-            "message_id": derived_id(parent["message_id"], "fallback"),
+            "message_id": fallback_id,
             "message_payload": {"subject": body[:78], "plain_text_body": body},
         }
     return None

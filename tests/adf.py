@@ -19,6 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ADF_SCHEMA_IN_PACKAGE = Path("node_modules/@atlaskit/adf-schema/dist/json-schema/v1/full.json")
+#: Where .ci/run unpacks the npm package.
+ADF_SCHEMA_IN_CACHE = Path(".cache/package/dist/json-schema/v1/full.json")
 ADF_SCHEMA_HINT = (
     "npm pack @atlaskit/adf-schema@57.7.22 && tar -xzf atlaskit-adf-schema-57.7.22.tgz"
     " package/dist/json-schema/v1/full.json && export"
@@ -46,7 +48,9 @@ def assert_adf_structure(doc: Any) -> None:
 
 @cache
 def adf_validator() -> jsonschema.Draft4Validator | None:
-    for candidate in (os.environ.get("COMMS_ADF_SCHEMA"), ROOT / ADF_SCHEMA_IN_PACKAGE):
+    candidates = (os.environ.get("COMMS_ADF_SCHEMA"), ROOT / ADF_SCHEMA_IN_CACHE,
+                  ROOT / ADF_SCHEMA_IN_PACKAGE)
+    for candidate in candidates:
         if candidate and Path(candidate).is_file():
             schema = json.loads(Path(candidate).read_text())
             # The schema declares draft-04 ("$schema": "http://json-schema.org/draft-04/schema#").
