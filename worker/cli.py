@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -104,6 +105,85 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_webhooks(args: argparse.Namespace) -> int:
+    from worker.webhooks import serve
+
+    server = serve(args.host, args.port)
+    print(f"webhook receiver on http://{args.host}:{args.port} (Ctrl-C stops it)")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.server_close()
+    return 0
+
+
+def _cmd_contacts(args: argparse.Namespace) -> int:
+    from worker.store import contacts
+
+    if args.action == "import":
+        return _import_contacts(Path(args.file), args.batch)
+    if args.action == "show":
+        found = contacts.get(args.email)
+        if found is None:
+            print(f"comms contacts: no contact {args.email}", file=sys.stderr)
+            return 1
+        print(json.dumps(dataclasses.asdict(found), indent=2))
+        return 0
+    flag, value = CONSENT_FLAGS[args.channel]
+    contacts.set_flags(args.email, **{flag: value if args.action == "opt-out" else not value})
+    print(f"{args.email}: {args.action} of {args.channel} recorded")
+    return 0
+
+
+#: channel -> (store flag, its value when the customer opts out)
+CONSENT_FLAGS = {"sms": ("sms_opt_out", True), "email": ("email_unsubscribed", True),
+                 "push": ("push_enabled", False)}
+
+
+def _import_contacts(path: Path, batch_size: int) -> int:
+    from tqdm import tqdm
+
+    from worker.contacts_io import BadRecord, count_records, read_contacts
+    from worker.store import contacts
+
+    try:
+        total = count_records(path)
+    except (OSError, ValueError) as exc:
+        print(f"comms contacts import: cannot read {path}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    imported, bad = 0, []
+    batch: list[Any] = []
+    with tqdm(total=total, unit="contact", file=sys.stderr, disable=None) as bar:
+        for item in read_contacts(path):
+            if isinstance(item, BadRecord):
+                bad.append(item)
+            else:
+                batch.append(item)
+            if len(batch) >= batch_size:
+                imported += contacts.import_rows(batch)
+                batch.clear()
+            bar.update(1)
+        imported += contacts.import_rows(batch)
+    for record in bad[:20]:
+        print(f"  line {record.line}: {record.problem}", file=sys.stderr)
+    if len(bad) > 20:
+        print(f"  ... and {len(bad) - 20} more", file=sys.stderr)
+    print(f"imported {imported} contacts from {path}; {len(bad)} records refused")
+    return 1 if bad else 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from worker import bench
+
+    return bench.main(bench.Options(
+        messages=args.messages, latency=args.latency, error_rate=args.error_rate,
+        workers=args.workers, concurrency=args.concurrency, pool=args.pool,
+        receipt_mode=args.receipt_mode, json_path=args.json, broker_url=args.broker_url,
+        database_url=args.database_url, latency_seconds=args.latency_seconds,
+        skip_reference=args.skip_reference, settle_seconds=args.settle_seconds))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="comms", description="meow-comms dispatcher tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +217,42 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="print (or --out DIR write) the request JSON Schemas")
     schemas.add_argument("--out")
     schemas.set_defaults(func=_cmd_schemas)
+    hooks = sub.add_parser("webhooks", help="serve the webhook receiver (unsubscribe, SMS status)")
+    hooks.add_argument("--host", default="127.0.0.1")
+    hooks.add_argument("--port", type=int, default=8098)
+    hooks.set_defaults(func=_cmd_webhooks)
+
+    people = sub.add_parser("contacts", help="the contacts store: import, show, opt out/in")
+    people_sub = people.add_subparsers(dest="action", required=True)
+    imp = people_sub.add_parser("import", help="upsert contacts from a .csv or .json/.jsonl file")
+    imp.add_argument("file")
+    imp.add_argument("--batch", type=int, default=1000, help="contacts per transaction")
+    show = people_sub.add_parser("show", help="print one contact as JSON")
+    show.add_argument("email")
+    for action in ("opt-out", "opt-in"):
+        consent = people_sub.add_parser(action, help=f"record a customer's {action}")
+        consent.add_argument("email")
+        consent.add_argument("--channel", required=True, choices=sorted(CONSENT_FLAGS))
+    people.set_defaults(func=_cmd_contacts)
+    bench = sub.add_parser("bench", help="benchmark the real pipeline against bare Celery")
+    bench.add_argument("-n", "--messages", type=int, default=20_000)
+    bench.add_argument("--latency", type=float, default=0.1, help="vendor latency, seconds")
+    bench.add_argument("--error-rate", type=float, default=0.0, help="share of vendor 5xx")
+    bench.add_argument("--workers", type=int, default=2, help="worker processes")
+    bench.add_argument("--concurrency", type=int, default=64, help="per worker process")
+    bench.add_argument("--pool", choices=["threads", "prefork", "gevent"], default="threads")
+    bench.add_argument("--receipt-mode", choices=["chord", "inline"], default="chord")
+    bench.add_argument("--json", help="where the figures go (default bench-results/<time>.json)")
+    bench.add_argument("--broker-url", default="redis://127.0.0.1:6379/10")
+    bench.add_argument("--database-url",
+                       default="postgresql+psycopg2://postgres@127.0.0.1:5432/comms_bench")
+    bench.add_argument("--latency-seconds", type=float, default=10.0,
+                       help="length of the half-rate run that measures latency")
+    bench.add_argument("--skip-reference", action="store_true",
+                       help="skip the bare-Celery and naive phases")
+    bench.add_argument("--settle-seconds", type=float, default=15.0,
+                       help="time Redis gets after the run to return to its baseline")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
