@@ -76,8 +76,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": DISPATCH_QUEUE,
         "task_routes": {name: {"queue": queue} for name, queue in ROUTES.items()},
         "task_create_missing_queues": False,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events cost ~15 % of worker CPU (docs/scaling.md). Off by default: Flower switches
+        # them on in running workers (its enable_events), or start workers with -E.
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
         "enable_utc": True,

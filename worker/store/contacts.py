@@ -36,15 +36,19 @@ def _e164(phone: str | None) -> str | None:
 
 
 def _contact(conn: Connection, email: str) -> Contact | None:
-    row = conn.execute(select(contacts).where(contacts.c.email == email)).first()
-    if row is None:
+    rows = conn.execute(
+        select(contacts, tokens.c.token)
+        .outerjoin(tokens, tokens.c.email == contacts.c.email)
+        .where(contacts.c.email == email)
+        .order_by(tokens.c.created_at.desc())
+    ).all()
+    if not rows:
         return None
-    held = conn.execute(
-        select(tokens.c.token).where(tokens.c.email == email).order_by(tokens.c.created_at.desc())
-    ).scalars().all()
+    row = rows[0]
     return Contact(email=row.email, name=row.name, phone=row.phone, timezone=row.timezone,
                    sms_opt_out=row.sms_opt_out, push_enabled=row.push_enabled,
-                   email_unsubscribed=row.email_unsubscribed, fcm_tokens=tuple(held))
+                   email_unsubscribed=row.email_unsubscribed,
+                   fcm_tokens=tuple(r.token for r in rows if r.token is not None))
 
 
 def get(email: str) -> Contact | None:
@@ -73,14 +77,20 @@ def merge_profile(email: str, profile: dict[str, Any] | None) -> Contact:
     """Upsert what a request says of its recipient (name, phone, zone, token); the store's
     consent flags are never changed by a request. Returns the resulting contact."""
     email = email.lower()
+    values = {k: profile[k] for k in PROFILE_FIELDS if profile and profile.get(k)}
+    if "phone" in values:
+        values["phone"] = _e164(values["phone"])
     with transaction() as conn:
-        _ensure(conn, email)
-        values = {k: profile[k] for k in PROFILE_FIELDS if profile and profile.get(k)}
-        if "phone" in values:
-            values["phone"] = _e164(values["phone"])
+        upsert = _insert(conn, contacts).values(
+            email=email, sms_opt_out=False, push_enabled=True, email_unsubscribed=False,
+            updated_at=utcnow(), **values)
         if values:
-            conn.execute(update(contacts).where(contacts.c.email == email)
-                         .values(**values, updated_at=utcnow()))
+            upsert = upsert.on_conflict_do_update(
+                index_elements=["email"],
+                set_={**{k: upsert.excluded[k] for k in values}, "updated_at": utcnow()})
+        else:
+            upsert = upsert.on_conflict_do_nothing(index_elements=["email"])
+        conn.execute(upsert)
         if profile and profile.get("fcm_token"):
             _add_token(conn, email, str(profile["fcm_token"]))
         contact = _contact(conn, email)

@@ -33,7 +33,10 @@ def engine_for(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
+    # No pool_pre_ping: it costs a round trip per transaction. A connection that died with the
+    # server fails its first statement instead; SQLAlchemy then drops the whole pool, and the
+    # callers retry (with_db_retry, the dispatch task's autoretry).
+    return create_engine(url, pool_size=10, max_overflow=40, pool_recycle=1800)
 
 
 _migrated: set[str] = set()

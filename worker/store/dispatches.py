@@ -156,6 +156,17 @@ def _log_values(
     }
 
 
+#: The dispatch columns a comms_log row copies (RETURNING them saves a read per receipt).
+_LOG_SOURCE = (
+    dispatches.c.message_id,
+    dispatches.c.recipient,
+    dispatches.c.channel,
+    dispatches.c.signal_type,
+    dispatches.c.severity,
+    dispatches.c.parent_message_id,
+)
+
+
 def _dispatch_row(conn: Connection, message_id: uuid.UUID) -> Any:
     return conn.execute(select(dispatches).where(dispatches.c.message_id == message_id)).first()
 
@@ -194,15 +205,7 @@ def record_retrying(
     it is kept in `lease_until`, which the claim ignores for a `retrying` row, so the outbox sweep
     does not replay a retry that is merely waiting out its countdown."""
     with transaction() as conn:
-        row = _dispatch_row(conn, message_id)
-        conn.execute(
-            comms_log.insert().values(
-                **_log_values(
-                    row, "RETRYING", response_id=None, retry_count=retry_count, error=error
-                )
-            )
-        )
-        conn.execute(
+        row = conn.execute(
             update(dispatches)
             .where(dispatches.c.message_id == message_id, dispatches.c.state == "sending")
             .values(
@@ -211,6 +214,14 @@ def record_retrying(
                 lease_until=expect_by,
                 error=error,
                 updated_at=utcnow(),
+            )
+            .returning(*_LOG_SOURCE)
+        ).first() or _dispatch_row(conn, message_id)
+        conn.execute(
+            comms_log.insert().values(
+                **_log_values(
+                    row, "RETRYING", response_id=None, retry_count=retry_count, error=error
+                )
             )
         )
 
@@ -228,7 +239,7 @@ def finish(
     transaction). Returns whether a terminal row was written now."""
     state = STATE_FOR[outcome]
     with transaction() as conn:
-        conn.execute(
+        row = conn.execute(
             update(dispatches)
             .where(
                 dispatches.c.message_id == message_id, dispatches.c.state.not_in(TERMINAL_STATES)
@@ -241,10 +252,12 @@ def finish(
                 lease_until=None,
                 updated_at=utcnow(),
             )
-        )
+            .returning(*_LOG_SOURCE)
+        ).first()
         if not write_receipt:
             return False
-        row = _dispatch_row(conn, message_id)
+        if row is None:  # already terminal: the insert below is a no-op unless its row is missing
+            row = _dispatch_row(conn, message_id)
         return _write_terminal(
             conn, row, outcome, response_id=response_id, retry_count=retry_count, error=error
         )
