@@ -122,3 +122,33 @@ def test_backoff_is_one_then_three_seconds_when_delays_are_real(producer, sandbo
     first, second, third = sandbox.requests("slack")
     assert 1.0 <= second.at - first.at < 2.5
     assert 3.0 <= third.at - second.at < 4.5
+
+
+@pytest.fixture
+def inline_receipts():
+    """COMMS_RECEIPT_MODE=inline for this test: no chord, the task writes its terminal row."""
+    from config.settings import get_settings
+
+    settings = get_settings()
+    saved = settings.comms_receipt_mode
+    settings.comms_receipt_mode = "inline"
+    yield
+    settings.comms_receipt_mode = saved
+
+
+@pytest.mark.usefixtures("inline_receipts")
+def test_same_receipts_without_chord_when_receipt_mode_is_inline(producer, sandbox):
+    flaky, broken = slack_request(), slack_request()
+    sandbox.script("slack", _unavailable(), contains=flaky["message_id"][:8])
+    sandbox.script("slack", Reply(200, {"ok": False, "error": "is_archived"}),
+                   contains=broken["message_id"][:8])
+    flaky["message_payload"]["fallback_text"] += f" {flaky['message_id'][:8]}"
+    broken["message_payload"]["fallback_text"] += f" {broken['message_id'][:8]}"
+    producer(flaky)
+    producer(broken)
+
+    assert terminal(flaky["message_id"])["outcome"] == "SENT"
+    assert terminal(broken["message_id"])["outcome"] == "FAILED"
+    assert log_outcomes(flaky["message_id"]) == ["RETRYING", "SENT"]
+    assert log_outcomes(broken["message_id"]) == ["FAILED"]
+    assert len(sandbox.requests("slack")) == 3
