@@ -216,3 +216,36 @@ def test_receipt_written_and_nothing_resent_when_postgres_blinks_after_the_send(
     assert row["outcome"] == "SENT" and failures == []
     assert len(sandbox.requests("slack")) == 1
     assert log_outcomes(request["message_id"]) == ["SENT"]
+
+
+@pytest.mark.slow
+def test_oncall_fallback_fires_when_pagerduty_dies_on_its_last_attempt(cluster, sandbox):
+    """prefork: five 503s, then the pool child is SIGKILLed during the sixth (last) call. No
+    retry is left, so the task fails with WorkerLostError: the FAILED row and the link_error
+    fallback to Slack @oncall come from the worker's main process."""
+    import os
+    import signal
+
+    from worker.sandbox.vendors import transient_error
+
+    c = cluster(COMMS_CLAIM_LEASE=120, COMMS_REPLAY_AFTER=600)
+    worker = c.worker(pool="prefork", concurrency=1).start()
+    request = ops_request(2)  # pagerduty
+    sandbox.script("pagerduty", *[transient_error("pagerduty")] * 5,
+                   Reply(202, {"status": "success", "dedup_key": "x"}, delay=30.0))
+    c.send([request])
+    mid = uuid.UUID(request["message_id"])
+    wait_for(lambda: len(sandbox.requests("pagerduty")) == 6, timeout=30)
+    os.kill(_only_child(worker.pid), signal.SIGKILL)
+
+    row = wait_for(lambda: store.terminal_row(mid), timeout=30)
+    fallback = wait_for(lambda: store.terminal_row(uuid.UUID(derived_id(mid, "fallback"))),
+                        timeout=30)
+
+    assert row["outcome"] == "FAILED"
+    assert "WorkerLostError" in row["error"]
+    assert len(sandbox.requests("pagerduty")) == 6
+    assert fallback["outcome"] == "SENT" and fallback["channel"] == "slack"
+    assert str(fallback["parent_message_id"]) == request["message_id"]
+    [post] = sandbox.requests("slack")
+    assert post.json()["channel"] == "#oncall"
