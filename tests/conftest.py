@@ -173,18 +173,26 @@ def log_outcomes(message_id: str | uuid.UUID) -> list[str]:
     return [row["outcome"] for row in store.log_rows(uuid.UUID(str(message_id)))]
 
 
-def slack_request(**overrides: Any) -> dict[str, Any]:
-    request: dict[str, Any] = {
+def make_request(channel: str, payload: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """A valid request for `channel` with a fresh message_id; `overrides` replace fields."""
+    return {
         "recipient": "jane@example.com",
-        "channel": "slack",
-        "priority": "CRITICAL",
+        "channel": channel,
+        "priority": "HIGH",
         "message_id": str(uuid.uuid4()),
         "signal_type": "network_outage",
-        "severity": "critical",
-        "message_payload": {
+        "severity": "major",
+        "message_payload": payload,
+        **overrides,
+    }
+
+
+def slack_request(**overrides: Any) -> dict[str, Any]:
+    return make_request(
+        "slack",
+        {
             "formatted_message": "*Outage* in Leeds: data service degraded",
             "fallback_text": "Outage in Leeds: data service degraded",
         },
-    }
-    request.update(overrides)
-    return request
+        **{"priority": "CRITICAL", "severity": "critical", **overrides},
+    )

@@ -15,7 +15,7 @@ import pytest
 
 from channels.contacts import Contact
 from tasks.dispatch import derived_id
-from tests.conftest import log_outcomes, terminal
+from tests.conftest import log_outcomes, make_request, terminal
 from tests.specs import validate_recorded
 from worker.sandbox import Reply
 from worker.store import contacts, deferral
@@ -33,9 +33,8 @@ def _contact(email: str) -> Contact:
 
 
 def _request(channel: str, payload: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"recipient": JANE, "channel": channel, "priority": "CRITICAL",
-            "message_id": str(uuid.uuid4()), "signal_type": "data_outage", "severity": "major",
-            "message_payload": payload, **extra}
+    return make_request(channel, payload, **{"priority": "CRITICAL",
+                                             "signal_type": "data_outage", **extra})
 
 
 def email(**extra: Any) -> dict[str, Any]:

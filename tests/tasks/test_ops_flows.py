@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tasks.dispatch import derived_id
-from tests.conftest import log_outcomes, terminal
+from tests.conftest import log_outcomes, make_request, terminal
 from tests.specs import validate_recorded
 from worker.sandbox import Reply
 from worker.store import dispatches as store
@@ -22,33 +22,20 @@ from worker.store import dispatches as store
 pytestmark = pytest.mark.usefixtures("worker", "clean")
 
 
-def _request(channel: str, payload: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "recipient": "jane@example.com",
-        "channel": channel,
-        "priority": "HIGH",
-        "message_id": str(uuid.uuid4()),
-        "signal_type": "network_outage",
-        "severity": "major",
-        "message_payload": payload,
-        **extra,
-    }
-
-
 def zendesk(**extra: Any) -> dict[str, Any]:
-    return _request("zendesk", {"subject": "Data outage for Jane", "body": "Line 1\n\nLine 2",
+    return make_request("zendesk", {"subject": "Data outage for Jane", "body": "Line 1\n\nLine 2",
                                 "tags": ["outage", "leeds"], "group_id": 42}, **extra)
 
 
 def jira(**extra: Any) -> dict[str, Any]:
-    return _request("jira", {"project_key": "OPS", "issue_type": "Incident",
+    return make_request("jira", {"project_key": "OPS", "issue_type": "Incident",
                              "summary": "Leeds data outage",
                              "description": "First paragraph\nsecond line\n\nSecond <b>&</b>",
                              "labels": ["outage"]}, **extra)
 
 
 def pagerduty(**extra: Any) -> dict[str, Any]:
-    return _request("pagerduty", {"summary": "Leeds core down", "custom_details": {"cells": 12},
+    return make_request("pagerduty", {"summary": "Leeds core down", "custom_details": {"cells": 12},
                                   "zendesk_ticket_url": "https://acme.zendesk.com/agent/tickets/7"},
                     **extra)
 
