@@ -190,30 +190,40 @@ def _only_child(pid: int) -> int:
 
 
 @pytest.mark.usefixtures("worker", "clean")
-def test_receipt_written_and_nothing_resent_when_postgres_blinks_after_the_send(
-        producer, sandbox, monkeypatch):
-    """The vendor accepted; recording it fails twice (connection lost): the write is retried,
-    the message is not failed, not sent again, and has its one SENT row."""
+def test_receipt_written_and_nothing_resent_when_postgres_drops_connections_mid_send(
+        producer, sandbox, database):
+    """While the vendor is answering, PostgreSQL drops every connection of the worker's pool
+    (pg_terminate_backend): recording the send meets a dead connection, is retried on a new one,
+    and the message keeps its one SENT row and its one vendor call."""
+    from sqlalchemy import create_engine, text
     from sqlalchemy.exc import OperationalError
+    from sqlalchemy.pool import NullPool
 
-    from tests.conftest import log_outcomes, slack_request, terminal
+    from tests.conftest import log_outcomes, slack_request
 
-    real_finish = store.finish
-    failures = [OperationalError("UPDATE dispatches", {}, Exception("server closed the connection"))
-                ] * 2
-
-    def flaky_finish(*args: Any, **kwargs: Any) -> bool:
-        if args[1] == "SENT" and failures:
-            raise failures.pop()
-        return real_finish(*args, **kwargs)
-
-    monkeypatch.setattr(store, "finish", flaky_finish)
     request = slack_request()
+    sandbox.script("slack", Reply(200, {"ok": True, "channel": "C1", "ts": "1.000001"},
+                                  delay=1.0))
     producer(request)
+    wait_for(lambda: sandbox.requests("slack"), timeout=20)
 
-    row = terminal(request["message_id"])
+    admin = create_engine(database, poolclass=NullPool)
+    with admin.connect() as conn:
+        dropped = conn.execute(text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar_one()
+    admin.dispose()
+    assert dropped >= 1
 
-    assert row["outcome"] == "SENT" and failures == []
+    def receipt() -> Any:
+        try:
+            return store.terminal_row(uuid.UUID(request["message_id"]))
+        except OperationalError:  # this process's own pooled connections died too
+            return None
+
+    row = wait_for(receipt, timeout=30)
+
+    assert row["outcome"] == "SENT" and row["response_id"] == "1.000001"
     assert len(sandbox.requests("slack")) == 1
     assert log_outcomes(request["message_id"]) == ["SENT"]
 
