@@ -154,13 +154,13 @@ class _Attempt:
         if dispatch is None or dispatch["parkings"] >= policy.max_parkings:
             return None
         return self.park(clock.now() + timedelta(seconds=park_delay(policy)),
-                         f"retries exhausted: {reason}")
+                         f"retries exhausted: {reason}", dispatch)
 
-    def park(self, until: Any, reason: str) -> Result:
+    def park(self, until: Any, reason: str, dispatch: dict[str, Any] | None = None) -> Result:
         """Park until `until` (DEFERRED), unless the message was parked too often already: then
         FAILED, so no path (quiet hours, a vendor's long Retry-After) parks a message for ever."""
         limit = get_settings().comms_max_parkings
-        dispatch = store.get_dispatch(self.mid)
+        dispatch = dispatch or store.get_dispatch(self.mid)
         if dispatch is not None and dispatch["parkings"] >= limit:
             return self.fail(f"parked {dispatch['parkings']} times without being sent "
                              f"(COMMS_MAX_PARKINGS={limit}): {reason}")

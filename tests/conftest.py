@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
 from worker.sandbox import Sandbox
 from worker.sandbox.vendors.fcm import write_service_account
@@ -50,20 +49,6 @@ os.environ.update(
 )
 
 
-def _create_database(url: str) -> None:
-    parsed = make_url(url)
-    if not parsed.drivername.startswith("postgresql"):
-        return
-    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        exists = conn.execute(
-            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": parsed.database}
-        ).first()
-        if not exists:
-            conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
-    admin.dispose()
-
-
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
     yield SANDBOX
@@ -72,9 +57,9 @@ def sandbox() -> Iterator[Sandbox]:
 @pytest.fixture(scope="session")
 def database() -> str:
     """PostgreSQL at the current schema (migrations run through the product's own path)."""
-    _create_database(DATABASE_URL)
-    from worker.store.db import get_engine
+    from worker.store.db import create_database, get_engine
 
+    create_database(DATABASE_URL)
     get_engine()
     return DATABASE_URL
 

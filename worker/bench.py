@@ -43,7 +43,7 @@ from typing import Any
 import redis
 import requests
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 CHANNELS = ("slack", "zendesk", "jira", "pagerduty", "email", "sms", "push")
 TERMINAL = "('SENT', 'FAILED', 'SUPPRESSED')"
@@ -91,24 +91,12 @@ class Phase:
 # -- infrastructure ------------------------------------------------------------------------------
 
 
-def create_database(url: str) -> None:
-    parsed = make_url(url)
-    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        found = conn.execute(
-            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": parsed.database}
-        ).first()
-        if not found:
-            conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
-    admin.dispose()
-
-
 def prepare_database(url: str) -> Engine:
     """The bench database at the product's schema plus the naive table, every table emptied."""
     from worker.bench_tasks import NAIVE_DDL
-    from worker.store import schema
+    from worker.store import db, schema
 
-    create_database(url)
+    db.create_database(url)
     engine = create_engine(url, pool_size=2)
     schema.upgrade(engine)
     with engine.begin() as conn:

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import Connection, create_engine, event, text
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from config.settings import get_settings
@@ -37,6 +37,24 @@ def engine_for(url: str) -> Engine:
     # server fails its first statement instead; SQLAlchemy then drops the whole pool, and the
     # callers retry (with_db_retry, the dispatch task's autoretry).
     return create_engine(url, pool_size=10, max_overflow=40, pool_recycle=1800)
+
+
+def create_database(url: str) -> None:
+    """Create the PostgreSQL database `url` names when it is missing (tests, the benchmark);
+    other databases (SQLite) create themselves."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("postgresql"):
+        return
+    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            found = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": parsed.database}
+            ).first()
+            if not found:
+                conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+    finally:
+        admin.dispose()
 
 
 _migrated: set[str] = set()
