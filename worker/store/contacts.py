@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, delete, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, select, update
 
 from channels.checks import InvalidPhoneNumber, normalize_phone
 from channels.contacts import Contact
 from config.settings import get_settings
 from worker.store.db import transaction
-from worker.store.dispatches import _insert
+from worker.store.dispatches import _dialect_insert, _insert
 from worker.store.models import Contact as ContactRow
 from worker.store.models import FcmToken, utcnow
 
@@ -35,13 +36,41 @@ def _e164(phone: str | None) -> str | None:
         return phone
 
 
+class _Statements:
+    """Built once per dialect (the pre-dispatch check runs them for every customer message)."""
+
+    def __init__(self, dialect_name: str) -> None:
+        self.contact = (
+            select(contacts, tokens.c.token)
+            .outerjoin(tokens, tokens.c.email == contacts.c.email)
+            .where(contacts.c.email == bindparam("b_email"))
+            .order_by(tokens.c.created_at.desc())
+        )
+        upsert = _dialect_insert(dialect_name, contacts).values(
+            email=bindparam("b_email"), sms_opt_out=False, push_enabled=True,
+            email_unsubscribed=False, updated_at=bindparam("b_now"),
+            **{k: bindparam(f"b_{k}") for k in PROFILE_FIELDS})
+        self.ensure = upsert.on_conflict_do_nothing(index_elements=["email"])
+        # A field the request leaves out (NULL) keeps the stored value.
+        self.merge = upsert.on_conflict_do_update(
+            index_elements=["email"],
+            set_={**{k: func.coalesce(upsert.excluded[k], contacts.c[k]) for k in PROFILE_FIELDS},
+                  "updated_at": bindparam("b_now")})
+        self.add_token = (
+            _dialect_insert(dialect_name, tokens)
+            .values(token=bindparam("b_token"), email=bindparam("b_email"),
+                    created_at=bindparam("b_now"))
+            .on_conflict_do_nothing(index_elements=["token"])
+        )
+
+
+@cache
+def _built(dialect_name: str) -> _Statements:
+    return _Statements(dialect_name)
+
+
 def _contact(conn: Connection, email: str) -> Contact | None:
-    rows = conn.execute(
-        select(contacts, tokens.c.token)
-        .outerjoin(tokens, tokens.c.email == contacts.c.email)
-        .where(contacts.c.email == email)
-        .order_by(tokens.c.created_at.desc())
-    ).all()
+    rows = conn.execute(_built(conn.dialect.name).contact, {"b_email": email}).all()
     if not rows:
         return None
     row = rows[0]
@@ -66,11 +95,8 @@ def _ensure(conn: Connection, email: str) -> None:
 
 
 def _add_token(conn: Connection, email: str, token: str) -> None:
-    conn.execute(
-        _insert(conn, tokens)
-        .values(token=token, email=email, created_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["token"])
-    )
+    conn.execute(_built(conn.dialect.name).add_token,
+                 {"b_token": token, "b_email": email, "b_now": utcnow()})
 
 
 def merge_profile(email: str, profile: dict[str, Any] | None) -> Contact:
@@ -80,17 +106,11 @@ def merge_profile(email: str, profile: dict[str, Any] | None) -> Contact:
     values = {k: profile[k] for k in PROFILE_FIELDS if profile and profile.get(k)}
     if "phone" in values:
         values["phone"] = _e164(values["phone"])
+    now = utcnow()
     with transaction() as conn:
-        upsert = _insert(conn, contacts).values(
-            email=email, sms_opt_out=False, push_enabled=True, email_unsubscribed=False,
-            updated_at=utcnow(), **values)
-        if values:
-            upsert = upsert.on_conflict_do_update(
-                index_elements=["email"],
-                set_={**{k: upsert.excluded[k] for k in values}, "updated_at": utcnow()})
-        else:
-            upsert = upsert.on_conflict_do_nothing(index_elements=["email"])
-        conn.execute(upsert)
+        st = _built(conn.dialect.name)
+        conn.execute(st.merge if values else st.ensure, {
+            "b_email": email, "b_now": now, **{f"b_{k}": values.get(k) for k in PROFILE_FIELDS}})
         if profile and profile.get("fcm_token"):
             _add_token(conn, email, str(profile["fcm_token"]))
         contact = _contact(conn, email)

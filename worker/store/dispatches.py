@@ -10,9 +10,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from worker.store.db import transaction
@@ -33,8 +34,97 @@ STATE_FOR = {"SENT": "sent", "FAILED": "failed", "SUPPRESSED": "suppressed"}
 
 def _insert(conn: Connection, table: Table) -> Any:
     """The dialect's INSERT, which has ON CONFLICT (PostgreSQL and SQLite alike)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return _dialect_insert(conn.dialect.name, table)
+
+
+def _dialect_insert(dialect_name: str, table: Table) -> Any:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
     return dialect.insert(table)
+
+
+#: The dispatch columns a comms_log row copies (RETURNING them saves a read per receipt).
+_LOG_SOURCE = (
+    dispatches.c.message_id,
+    dispatches.c.recipient,
+    dispatches.c.channel,
+    dispatches.c.signal_type,
+    dispatches.c.severity,
+    dispatches.c.parent_message_id,
+)
+_LOG_COLUMNS = ("message_id", "recipient", "channel", "signal_type", "severity", "outcome",
+                "dispatched_at", "response_id", "retry_count", "error", "parent_message_id")
+
+
+class _Statements:
+    """The hot path's statements, built once per dialect with bind parameters: building a
+    SQLAlchemy statement on every call cost about as much CPU as running it (docs/scaling.md)."""
+
+    def __init__(self, dialect_name: str) -> None:
+        d = dispatches.c
+        self.accept = (
+            _dialect_insert(dialect_name, dispatches)
+            .values(
+                message_id=bindparam("b_mid"), channel=bindparam("b_channel"),
+                recipient=bindparam("b_recipient"), priority=bindparam("b_priority"),
+                signal_type=bindparam("b_signal_type"), severity=bindparam("b_severity"),
+                parent_message_id=bindparam("b_parent"), request=bindparam("b_request"),
+                state=bindparam("b_state"), claimed_by=bindparam("b_holder"),
+                lease_until=bindparam("b_lease_until"), attempts=bindparam("b_attempts"),
+                replays=0, parkings=0, created_at=bindparam("b_now"),
+                updated_at=bindparam("b_now"),
+            )
+            .on_conflict_do_nothing(index_elements=["message_id"])
+            .returning(d.message_id)
+        )
+        self.state = select(d.state).where(d.message_id == bindparam("b_mid"))
+        self.claim = (
+            update(dispatches)
+            .where(
+                d.message_id == bindparam("b_mid"),
+                d.state.not_in(TERMINAL_STATES),
+                or_(d.state != "sending", d.lease_until < bindparam("b_now")),
+            )
+            .values(state="sending", claimed_by=bindparam("b_holder"),
+                    lease_until=bindparam("b_lease_until"), attempts=d.attempts + 1,
+                    updated_at=bindparam("b_now"))
+            .returning(d.request, d.attempts)
+        )
+        self.to_retrying = (
+            update(dispatches)
+            .where(d.message_id == bindparam("b_mid"), d.state == "sending")
+            .values(state="retrying", claimed_by=None, lease_until=bindparam("b_expect_by"),
+                    error=bindparam("b_error"), updated_at=bindparam("b_now"))
+            .returning(*_LOG_SOURCE)
+        )
+        self.finish = (
+            update(dispatches)
+            .where(d.message_id == bindparam("b_mid"), d.state.not_in(TERMINAL_STATES))
+            .values(state=bindparam("b_state"), response_id=bindparam("b_response_id"),
+                    error=bindparam("b_error"), claimed_by=None, lease_until=None,
+                    updated_at=bindparam("b_now"))
+            .returning(*_LOG_SOURCE)
+        )
+        self.dispatch_row = select(dispatches).where(d.message_id == bindparam("b_mid"))
+        log_values: dict[str, Any] = {c: bindparam(f"l_{c}") for c in _LOG_COLUMNS}
+        self.log = comms_log.insert().values(**log_values)
+        self.terminal = (
+            _dialect_insert(dialect_name, comms_log)
+            .values(**log_values)
+            .on_conflict_do_nothing(
+                index_elements=["message_id"],
+                index_where=comms_log.c.outcome.in_(TERMINAL_OUTCOMES),
+            )
+            .returning(comms_log.c.id)
+        )
+
+
+@cache
+def _built(dialect_name: str) -> _Statements:
+    return _Statements(dialect_name)
+
+
+def _stmts(conn: Connection) -> _Statements:
+    return _built(conn.dialect.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,35 +144,28 @@ def accept(
     severity: str | None,
     parent_message_id: uuid.UUID | None,
     state: str = "queued",
+    claim_for: str | None = None,
+    lease_seconds: float = 0.0,
 ) -> Accepted:
-    """Record a request once per message_id; a repeat is reported, never recorded twice."""
+    """Record a request once per message_id; a repeat is reported, never recorded twice.
+
+    With `claim_for` (a holder, as for `claim`), a new request is also claimed for sending, in
+    the same statement: the dispatch task then makes the first attempt itself."""
+    now = utcnow()
+    claiming = claim_for is not None
     with transaction() as conn:
-        inserted = conn.execute(
-            _insert(conn, dispatches)
-            .values(
-                message_id=message_id,
-                channel=channel,
-                recipient=recipient,
-                priority=priority,
-                signal_type=signal_type,
-                severity=severity,
-                parent_message_id=parent_message_id,
-                request=request,
-                state=state,
-                attempts=0,
-                replays=0,
-                parkings=0,
-                created_at=utcnow(),
-                updated_at=utcnow(),
-            )
-            .on_conflict_do_nothing(index_elements=["message_id"])
-            .returning(dispatches.c.message_id)
-        ).first()
+        st = _stmts(conn)
+        inserted = conn.execute(st.accept, {
+            "b_mid": message_id, "b_channel": channel, "b_recipient": recipient,
+            "b_priority": priority, "b_signal_type": signal_type, "b_severity": severity,
+            "b_parent": parent_message_id, "b_request": request,
+            "b_state": "sending" if claiming else state, "b_holder": claim_for,
+            "b_lease_until": now + timedelta(seconds=lease_seconds) if claiming else None,
+            "b_attempts": 1 if claiming else 0, "b_now": now,
+        }).first()
         if inserted is not None:
-            return Accepted(True, state)
-        current = conn.execute(
-            select(dispatches.c.state).where(dispatches.c.message_id == message_id)
-        ).scalar_one()
+            return Accepted(True, "sending" if claiming else state)
+        current = conn.execute(st.state, {"b_mid": message_id}).scalar_one()
         return Accepted(False, current)
 
 
@@ -102,22 +185,10 @@ def claim(message_id: uuid.UUID, *, holder: str, lease_seconds: float) -> Claim 
     """
     now = utcnow()
     with transaction() as conn:
-        row = conn.execute(
-            update(dispatches)
-            .where(
-                dispatches.c.message_id == message_id,
-                dispatches.c.state.not_in(TERMINAL_STATES),
-                or_(dispatches.c.state != "sending", dispatches.c.lease_until < now),
-            )
-            .values(
-                state="sending",
-                claimed_by=holder,
-                lease_until=now + timedelta(seconds=lease_seconds),
-                attempts=dispatches.c.attempts + 1,
-                updated_at=now,
-            )
-            .returning(dispatches.c.request, dispatches.c.attempts)
-        ).first()
+        row = conn.execute(_stmts(conn).claim, {
+            "b_mid": message_id, "b_now": now, "b_holder": holder,
+            "b_lease_until": now + timedelta(seconds=lease_seconds),
+        }).first()
     return None if row is None else Claim(dict(row.request), int(row.attempts))
 
 
@@ -156,19 +227,15 @@ def _log_values(
     }
 
 
-#: The dispatch columns a comms_log row copies (RETURNING them saves a read per receipt).
-_LOG_SOURCE = (
-    dispatches.c.message_id,
-    dispatches.c.recipient,
-    dispatches.c.channel,
-    dispatches.c.signal_type,
-    dispatches.c.severity,
-    dispatches.c.parent_message_id,
-)
+def _log_binds(row: Any, outcome: str, *, response_id: str | None, retry_count: int,
+               error: str | None) -> dict[str, Any]:
+    values = _log_values(row, outcome, response_id=response_id, retry_count=retry_count,
+                         error=error)
+    return {f"l_{k}": v for k, v in values.items()}
 
 
 def _dispatch_row(conn: Connection, message_id: uuid.UUID) -> Any:
-    return conn.execute(select(dispatches).where(dispatches.c.message_id == message_id)).first()
+    return conn.execute(_stmts(conn).dispatch_row, {"b_mid": message_id}).first()
 
 
 def _write_terminal(
@@ -180,20 +247,9 @@ def _write_terminal(
     retry_count: int,
     error: str | None,
 ) -> bool:
-    written = conn.execute(
-        _insert(conn, comms_log)
-        .values(
-            **_log_values(
-                row, outcome, response_id=response_id, retry_count=retry_count, error=error
-            )
-        )
-        .on_conflict_do_nothing(
-            index_elements=["message_id"],
-            index_where=comms_log.c.outcome.in_(TERMINAL_OUTCOMES),
-        )
-        .returning(comms_log.c.id)
-    ).first()
-    return written is not None
+    binds = _log_binds(row, outcome, response_id=response_id, retry_count=retry_count,
+                       error=error)
+    return conn.execute(_stmts(conn).terminal, binds).first() is not None
 
 
 def record_retrying(
@@ -205,25 +261,12 @@ def record_retrying(
     it is kept in `lease_until`, which the claim ignores for a `retrying` row, so the outbox sweep
     does not replay a retry that is merely waiting out its countdown."""
     with transaction() as conn:
-        row = conn.execute(
-            update(dispatches)
-            .where(dispatches.c.message_id == message_id, dispatches.c.state == "sending")
-            .values(
-                state="retrying",
-                claimed_by=None,
-                lease_until=expect_by,
-                error=error,
-                updated_at=utcnow(),
-            )
-            .returning(*_LOG_SOURCE)
-        ).first() or _dispatch_row(conn, message_id)
-        conn.execute(
-            comms_log.insert().values(
-                **_log_values(
-                    row, "RETRYING", response_id=None, retry_count=retry_count, error=error
-                )
-            )
-        )
+        st = _stmts(conn)
+        row = conn.execute(st.to_retrying, {
+            "b_mid": message_id, "b_expect_by": expect_by, "b_error": error, "b_now": utcnow(),
+        }).first() or _dispatch_row(conn, message_id)
+        conn.execute(st.log, _log_binds(row, "RETRYING", response_id=None,
+                                        retry_count=retry_count, error=error))
 
 
 def finish(
@@ -237,23 +280,11 @@ def finish(
 ) -> bool:
     """Record the end of a dispatch; with `write_receipt`, its terminal comms_log row too (same
     transaction). Returns whether a terminal row was written now."""
-    state = STATE_FOR[outcome]
     with transaction() as conn:
-        row = conn.execute(
-            update(dispatches)
-            .where(
-                dispatches.c.message_id == message_id, dispatches.c.state.not_in(TERMINAL_STATES)
-            )
-            .values(
-                state=state,
-                response_id=response_id,
-                error=error,
-                claimed_by=None,
-                lease_until=None,
-                updated_at=utcnow(),
-            )
-            .returning(*_LOG_SOURCE)
-        ).first()
+        row = conn.execute(_stmts(conn).finish, {
+            "b_mid": message_id, "b_state": STATE_FOR[outcome], "b_response_id": response_id,
+            "b_error": error, "b_now": utcnow(),
+        }).first()
         if not write_receipt:
             return False
         if row is None:  # already terminal: the insert below is a no-op unless its row is missing
