@@ -3,9 +3,12 @@ and the status rules all vendors share (429 + Retry-After, 5xx, auth)."""
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -52,6 +55,18 @@ def classify_status(response: HttpResponse, vendor: str) -> Outcome | None:
     return Permanent(f"{vendor}:http_{status}")
 
 
+@lru_cache(maxsize=256)
+def _proxies_for(origin: str) -> dict[str, str]:
+    """The environment's proxies (HTTPS_PROXY, NO_PROXY...) for one scheme://host, read once:
+    requests re-reads the environment (and ~/.netrc) on every call otherwise."""
+    return dict(requests.utils.get_environ_proxies(origin))
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 class HttpTransport:
     """Sends HttpRequests; connection errors and timeouts come back as Retryable, never raised."""
 
@@ -68,6 +83,10 @@ class HttpTransport:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
+            # The environment is applied once here and in _proxies_for, not on every call.
+            session.trust_env = False
+            session.verify = (os.environ.get("REQUESTS_CA_BUNDLE")
+                              or os.environ.get("CURL_CA_BUNDLE") or True)
             adapter = HTTPAdapter(pool_connections=8, pool_maxsize=self.pool_size, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
@@ -84,6 +103,7 @@ class HttpTransport:
                 data=request.form,
                 timeout=self.timeout,
                 allow_redirects=False,
+                proxies=_proxies_for(_origin(request.url)),
             )
         except requests.ConnectTimeout:
             return Retryable("transport:connect_timeout")
