@@ -46,9 +46,13 @@ class Settings(BaseSettings):
     #: Parkings of any kind (quiet hours, a vendor's long Retry-After, e-mail rounds) one dispatch
     #: may get; past it, FAILED. E-mail's own rounds are bounded lower by its max_parkings.
     comms_max_parkings: int = Field(default=10, ge=1)
-    #: "chord" (the design card: the terminal receipt is a chord callback) or "inline"
-    #: (the channel task writes it in the same transaction as the send state).
-    comms_receipt_mode: str = "chord"
+    #: "inline" (the terminal receipt is written in the same transaction as the send state) or
+    #: "chord" (the design card's shape: a chord callback writes it). README "Receipts".
+    comms_receipt_mode: str = "inline"
+    #: Inline mode: first attempts one worker process makes inside comms.dispatch, per channel,
+    #: at once (a bulkhead: a hung vendor holds at most this many dispatch threads); more go to
+    #: the channel's queue. 0 sends every message through its channel queue.
+    comms_inline_slots: int = Field(default=8, ge=0)
     #: Seconds a claimed send may run before another attempt may take it over.
     comms_claim_lease: int = Field(default=120, ge=5)
     #: HTTP timeouts (s) for every vendor call: connect, read.

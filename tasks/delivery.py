@@ -30,7 +30,7 @@ from tasks.outcomes import Result, result
 from worker import clock
 from worker.store import contacts, deferral
 from worker.store import dispatches as store
-from worker.store.db import with_db_retry
+from worker.store.db import is_connection_problem, with_db_retry
 from worker.store.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,10 @@ class _Attempt:
         if claimed is None:
             # Terminal already, or a live attempt holds it: sending now would be a duplicate.
             return self.result("SKIPPED")
-        request = DispatchRequest.model_validate(claimed.request)
+        return self.attempt(DispatchRequest.model_validate(claimed.request))
+
+    def attempt(self, request: DispatchRequest) -> Result:
+        """Check, send and settle a claimed message."""
         verdict = with_db_retry(lambda: prepare(self.channel, request))
         if isinstance(verdict, Suppress):
             return self.suppress(verdict.reason)
@@ -145,7 +148,10 @@ class _Attempt:
         expect_by = utcnow() + timedelta(seconds=countdown + settings.comms_claim_lease)
         with_db_retry(lambda: store.record_retrying(
             self.mid, retry_count=self.retries, error=outcome.reason, expect_by=expect_by))
-        raise self.task.retry(countdown=countdown, exc=RetryableFailure(outcome.reason))
+        return self.reschedule(countdown, outcome.reason)
+
+    def reschedule(self, countdown: float, reason: str) -> Result:
+        raise self.task.retry(countdown=countdown, exc=RetryableFailure(reason))
 
     def park_for_later(self, policy: RetryPolicy, reason: str) -> Result | None:
         """E-mail's final failure: a new round later, `max_parkings` times at most."""
@@ -194,6 +200,46 @@ class _Attempt:
         with_db_retry(lambda: store.finish(self.mid, "FAILED", retry_count=self.retries,
                                            error=error))
         raise DeliveryFailed(error)
+
+
+class FirstAttempt(_Attempt):
+    """The first attempt, made by `comms.dispatch` itself right after it accepted and claimed the
+    message (one statement): no second Celery hop when the vendor answers at once. A retry goes
+    to the channel task (its queue, its policy, `retries` = 1); a final failure starts the
+    fallback here, as the channel task's link_error would."""
+
+    def __init__(self, task: Task, request: DispatchRequest) -> None:
+        super().__init__(task, request.channel, str(request.message_id))
+        self.request = request
+        self.retries = 0
+        self.chord_mode = False
+
+    def run_claimed(self, request: DispatchRequest) -> Result:
+        """The attempt, for a message the dispatch already claimed. A bug in it closes the
+        message FAILED (the channel task has the task_failure handler for that)."""
+        try:
+            return self.attempt(request)
+        except Exception as exc:
+            if is_connection_problem(exc):
+                raise  # no verdict: the dispatch's autoretry, then the outbox sweep, take it
+            log.exception("first attempt of %s failed", self.mid)
+            store.fail_unless_terminal(self.mid, f"{type(exc).__name__}: {exc}")
+            return self.result("FAILED", error=f"{type(exc).__name__}: {exc}")
+
+    def reschedule(self, countdown: float, reason: str) -> Result:
+        from tasks.dispatch import route
+
+        route(self.request, retries=1, countdown=countdown)
+        return self.result("RETRYING", error=reason)
+
+    def fail(self, error: str) -> Result:
+        with_db_retry(lambda: store.finish(self.mid, "FAILED", retry_count=self.retries,
+                                           error=error))
+        if policies()[self.channel].on_final_failure == "fallback":
+            from tasks.fallbacks import start_fallback
+
+            start_fallback(self.mid, f"{DeliveryFailed.__name__}: {error}")
+        return self.result("FAILED", error=error)
 
 
 def deliver_message(task: Task, channel: str, message_id: str) -> Result:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Task, chord, signature
@@ -11,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from channels.envelope import DispatchRequest, InvalidRequest, parse_request
 from config.settings import get_settings
 from config.tables import policies
+from tasks.delivery import FirstAttempt
 from tasks.outcomes import dispatch_receipt
 from worker.celery_app import app
 from worker.store import dispatches as store
@@ -62,16 +66,24 @@ def dispatch(self: Task, request: Any) -> dict[str, Any]:
         return dispatch_receipt(message_id, str(channel or "unknown"), "failed", error=str(exc))
     if req.message_id is None:
         req = req.model_copy(update={"message_id": message_id})
-    accepted = store.accept(
-        req.model_dump(mode="json"),
-        message_id=message_id,
-        channel=req.channel,
-        recipient=str(req.recipient),
-        priority=req.priority,
-        signal_type=req.signal_type,
-        severity=req.severity,
-        parent_message_id=req.parent_message_id,
-    )
+    with first_attempt_slot(req.channel) as inline:
+        holder = f"{self.request.id}:0" if inline else None
+        accepted = store.accept(
+            req.model_dump(mode="json"),
+            message_id=message_id,
+            channel=req.channel,
+            recipient=str(req.recipient),
+            priority=req.priority,
+            signal_type=req.signal_type,
+            severity=req.severity,
+            parent_message_id=req.parent_message_id,
+            claim_for=holder,
+            lease_seconds=settings.comms_claim_lease,
+        )
+        if accepted.new and inline:
+            res = FirstAttempt(self, req).run_claimed(req)
+            return dispatch_receipt(message_id, req.channel, res["outcome"],
+                                    response_id=res["response_id"], error=res["error"])
     redelivered = bool(self.request.retries) or bool(
         (self.request.delivery_info or {}).get("redelivered")
     )
@@ -80,7 +92,31 @@ def dispatch(self: Task, request: Any) -> dict[str, Any]:
     return dispatch_receipt(message_id, req.channel, "queued" if accepted.new else accepted.state)
 
 
-def route(req: DispatchRequest, *, round_no: int = 0, retries: int = 0) -> None:
+_slots: dict[str, threading.BoundedSemaphore] = {}
+_slots_lock = threading.Lock()
+
+
+@contextmanager
+def first_attempt_slot(channel: str) -> Iterator[bool]:
+    """Whether this dispatch makes the first attempt itself (inline receipts, and a free slot in
+    the channel's bulkhead, COMMS_INLINE_SLOTS); the slot is held until the attempt ends."""
+    settings = get_settings()
+    if settings.comms_receipt_mode != "inline" or settings.comms_inline_slots == 0:
+        yield False
+        return
+    with _slots_lock:
+        slots = _slots.setdefault(channel, threading.BoundedSemaphore(settings.comms_inline_slots))
+    if not slots.acquire(blocking=False):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        slots.release()
+
+
+def route(req: DispatchRequest, *, round_no: int = 0, retries: int = 0,
+          countdown: float | None = None) -> None:
     """Enqueue the channel task; its terminal receipt comes from a chord callback (design card) or
     inline, per COMMS_RECEIPT_MODE. A final failure starts the fallback through link_error.
 
@@ -99,6 +135,6 @@ def route(req: DispatchRequest, *, round_no: int = 0, retries: int = 0) -> None:
         header = header.set(link_error=signature("comms.fallback", app=app))
     if get_settings().comms_receipt_mode == "chord":
         body = signature("comms.receipt", app=app).set(task_id=derived_id(mid, "receipt" + suffix))
-        chord([header.set(ignore_result=False)], body).apply_async()
+        chord([header.set(ignore_result=False)], body).apply_async(countdown=countdown)
     else:
-        header.apply_async()
+        header.apply_async(countdown=countdown)

@@ -89,12 +89,20 @@ def _release_lost_claim(sender: Any = None, request: Any = None, reason: Any = N
                                                         WorkerLostError):
         return
     kwargs = getattr(request, "kwargs", None) or {}
-    message_id = kwargs.get("message_id") if isinstance(kwargs, dict) else None
+    if not isinstance(kwargs, dict):
+        return
+    state = "retrying"
+    message_id = kwargs.get("message_id")
+    if name == "comms.dispatch":
+        # Its first attempt (tasks.delivery.FirstAttempt) held the claim as "<task id>:0".
+        from tasks.dispatch import usable_message_id
+
+        message_id, state = str(usable_message_id(kwargs.get("request"), request.id)), "queued"
     if message_id is None:
         return
-    holder = f"{request.id}:{int(request.retries or 0)}"
+    holder = f"{request.id}:{0 if state == 'queued' else int(request.retries or 0)}"
     try:
-        if store.release_lost_claim(uuid.UUID(message_id), holder=holder):
+        if store.release_lost_claim(uuid.UUID(message_id), holder=holder, state=state):
             log.warning("released the claim of lost try %s of %s", holder, message_id)
     except Exception:
         log.exception("could not release the claim of lost try %s of %s", holder, message_id)

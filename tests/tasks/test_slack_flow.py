@@ -124,20 +124,7 @@ def test_backoff_is_one_then_three_seconds_when_delays_are_real(producer, sandbo
     assert 3.0 <= third.at - second.at < 4.5
 
 
-@pytest.fixture
-def inline_receipts():
-    """COMMS_RECEIPT_MODE=inline for this test: no chord, the task writes its terminal row."""
-    from config.settings import get_settings
-
-    settings = get_settings()
-    saved = settings.comms_receipt_mode
-    settings.comms_receipt_mode = "inline"
-    yield
-    settings.comms_receipt_mode = saved
-
-
-@pytest.mark.usefixtures("inline_receipts")
-def test_same_receipts_without_chord_when_receipt_mode_is_inline(producer, sandbox):
+def test_one_retry_then_sent_and_one_failed_when_two_messages_meet_faults(producer, sandbox):
     flaky, broken = slack_request(), slack_request()
     sandbox.script("slack", _unavailable(), contains=flaky["message_id"][:8])
     sandbox.script("slack", Reply(200, {"ok": False, "error": "is_archived"}),

@@ -192,9 +192,10 @@ def claim(message_id: uuid.UUID, *, holder: str, lease_seconds: float) -> Claim 
     return None if row is None else Claim(dict(row.request), int(row.attempts))
 
 
-def release_lost_claim(message_id: uuid.UUID, *, holder: str) -> bool:
+def release_lost_claim(message_id: uuid.UUID, *, holder: str, state: str = "retrying") -> bool:
     """The try `holder` died with its pool child and Celery retries it: free its lease so the retry
-    can claim at once. Only that holder's lease is released; returns whether it was."""
+    can claim at once. Only that holder's lease is released; returns whether it was. A first
+    attempt lost inside comms.dispatch goes back to `queued`, so the retried dispatch routes it."""
     with transaction() as conn:
         released = conn.execute(
             update(dispatches)
@@ -203,7 +204,7 @@ def release_lost_claim(message_id: uuid.UUID, *, holder: str) -> bool:
                 dispatches.c.state == "sending",
                 dispatches.c.claimed_by == holder,
             )
-            .values(state="retrying", claimed_by=None, lease_until=None, updated_at=utcnow())
+            .values(state=state, claimed_by=None, lease_until=None, updated_at=utcnow())
             .returning(dispatches.c.message_id)
         ).first()
     return released is not None
