@@ -61,7 +61,7 @@ class Options:
     workers: int = 2
     concurrency: int = 64
     pool: str = "threads"
-    receipt_mode: str = "chord"
+    receipt_mode: str = "inline"
     json_path: str | None = None
     broker_url: str = "redis://127.0.0.1:6379/10"
     database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/comms_bench"

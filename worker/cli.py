@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workers", type=int, default=2, help="worker processes")
     bench.add_argument("--concurrency", type=int, default=64, help="per worker process")
     bench.add_argument("--pool", choices=["threads", "prefork", "gevent"], default="threads")
-    bench.add_argument("--receipt-mode", choices=["chord", "inline"], default="chord")
+    bench.add_argument("--receipt-mode", choices=["chord", "inline"], default="inline",
+                       help="the product default is inline")
     bench.add_argument("--json", help="where the figures go (default bench-results/<time>.json)")
     bench.add_argument("--broker-url", default="redis://127.0.0.1:6379/10")
     bench.add_argument("--database-url",

@@ -105,6 +105,24 @@ class _Statements:
             .returning(*_LOG_SOURCE)
         )
         self.dispatch_row = select(dispatches).where(d.message_id == bindparam("b_mid"))
+        # PostgreSQL: the state change and the terminal row in one statement (one round trip).
+        done = self.finish.cte("done")
+        self.finish_and_log = (
+            postgresql.insert(comms_log)
+            .from_select(list(_LOG_COLUMNS), select(
+                done.c.message_id, done.c.recipient, done.c.channel, done.c.signal_type,
+                done.c.severity,
+                *(bindparam(f"l_{c}", type_=comms_log.c[c].type)
+                  for c in ("outcome", "dispatched_at", "response_id", "retry_count", "error")),
+                done.c.parent_message_id,
+            ))
+            .on_conflict_do_nothing(
+                index_elements=["message_id"],
+                index_where=comms_log.c.outcome.in_(TERMINAL_OUTCOMES),
+            )
+            .returning(comms_log.c.id)
+            .add_cte(done)
+        ) if dialect_name == "postgresql" else None
         log_values: dict[str, Any] = {c: bindparam(f"l_{c}") for c in _LOG_COLUMNS}
         self.log = comms_log.insert().values(**log_values)
         self.terminal = (
@@ -281,11 +299,20 @@ def finish(
 ) -> bool:
     """Record the end of a dispatch; with `write_receipt`, its terminal comms_log row too (same
     transaction). Returns whether a terminal row was written now."""
+    now = utcnow()
+    binds = {"b_mid": message_id, "b_state": STATE_FOR[outcome], "b_response_id": response_id,
+             "b_error": error, "b_now": now}
     with transaction() as conn:
-        row = conn.execute(_stmts(conn).finish, {
-            "b_mid": message_id, "b_state": STATE_FOR[outcome], "b_response_id": response_id,
-            "b_error": error, "b_now": utcnow(),
-        }).first()
+        st = _stmts(conn)
+        if write_receipt and st.finish_and_log is not None:
+            written = conn.execute(st.finish_and_log, {
+                **binds, "l_outcome": outcome, "l_dispatched_at": now,
+                "l_response_id": response_id, "l_retry_count": retry_count, "l_error": error,
+            }).first()
+            if written is not None:
+                return True
+            # Nothing written: already terminal (or its row exists); the steps below settle it.
+        row = conn.execute(st.finish, binds).first()
         if not write_receipt:
             return False
         if row is None:  # already terminal: the insert below is a no-op unless its row is missing
