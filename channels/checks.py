@@ -8,6 +8,7 @@ unless the message is CRITICAL. The caller decides what to do with the answer (d
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -22,6 +23,7 @@ class InvalidPhoneNumber(ValueError):
     """The number cannot be parsed, or parses but is not a dialable number."""
 
 
+@lru_cache(maxsize=8192)  # pure; a message checks its number up to three times
 def normalize_phone(raw: str, default_region: str) -> str:
     """`raw` in E.164 (`+14155550123`); national numbers are read in `default_region` (ISO alpha-2).
 
