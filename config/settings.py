@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     comms_inline_slots: int = Field(default=8, ge=0)
     #: Seconds a claimed send may run before another attempt may take it over.
     comms_claim_lease: int = Field(default=120, ge=5)
+    #: PostgreSQL connections per worker process: kept open, plus extra ones opened under load.
+    #: Worker processes x (both) must stay below the server's max_connections (default 100);
+    #: past it a thread waits for a free connection instead of failing (docs/operations.md).
+    comms_db_pool_size: int = Field(default=10, ge=1)
+    comms_db_max_overflow: int = Field(default=10, ge=0)
     #: HTTP timeouts (s) for every vendor call: connect, read.
     comms_http_connect_timeout: float = 5.0
     comms_http_read_timeout: float = 30.0

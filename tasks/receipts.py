@@ -21,6 +21,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import WorkerLostError
 from celery.signals import task_failure, task_retry
+from sqlalchemy.exc import OperationalError
 
 from tasks.outcomes import Result
 from worker.celery_app import app
@@ -32,7 +33,11 @@ log = logging.getLogger(__name__)
 TERMINAL = ("SENT", "FAILED", "SUPPRESSED")
 
 
-@app.task(name="comms.receipt", bind=True, acks_late=True, max_retries=10, default_retry_delay=2)
+# PostgreSQL unreachable (or out of connections): try again, 1 s doubling to 30 s, instead of
+# leaving the row to the outbox sweep's reconciliation minutes later.
+@app.task(name="comms.receipt", bind=True, acks_late=True, max_retries=10, default_retry_delay=1,
+          autoretry_for=(OperationalError,), retry_backoff=True, retry_backoff_max=30,
+          retry_jitter=False)
 def record_receipt(self: Task, results: list[Result]) -> int:
     """Chord body: write the terminal row of each header result; returns how many were new."""
     written = 0

@@ -211,3 +211,16 @@ def test_failed_with_reason_when_a_vendor_keeps_asking_for_hours(sandbox):
     assert len(sandbox.requests("slack")) == settings.comms_max_parkings + 1
     time.sleep(0.2)
     assert log_outcomes(mid).count("FAILED") == 1
+
+
+def test_receipt_callback_retries_database_outages_within_the_bound():
+    """The chord body meets "too many clients" or a restart: it retries with backoff (1 s doubling,
+    at most 30 s, well within the countdown bound) instead of leaving the row for the sweep."""
+    from sqlalchemy.exc import OperationalError
+
+    from tasks.receipts import record_receipt
+
+    assert record_receipt.autoretry_for == (OperationalError,)
+    assert record_receipt.max_retries == 10
+    assert record_receipt.retry_backoff is True
+    assert record_receipt.retry_backoff_max <= get_settings().countdown_bound

@@ -36,7 +36,9 @@ def engine_for(url: str) -> Engine:
     # No pool_pre_ping: it costs a round trip per transaction. A connection that died with the
     # server fails its first statement instead; SQLAlchemy then drops the whole pool, and the
     # callers retry (with_db_retry, the dispatch task's autoretry).
-    return create_engine(url, pool_size=10, max_overflow=40, pool_recycle=1800)
+    settings = get_settings()
+    return create_engine(url, pool_size=settings.comms_db_pool_size,
+                         max_overflow=settings.comms_db_max_overflow, pool_recycle=1800)
 
 
 def create_database(url: str) -> None:
