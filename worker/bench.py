@@ -635,7 +635,8 @@ def _run(opts: Options) -> dict[str, Any]:
     engine = prepare_database(opts.database_url)
     rds = redis.Redis.from_url(opts.broker_url)
     sandbox = SandboxProcess(opts.latency, opts.error_rate, logs / "sandbox.log")
-    fcm_dir = tempfile.mkdtemp(prefix="comms-bench-fcm-")
+    fcm = tempfile.TemporaryDirectory(prefix="comms-bench-fcm-")
+    fcm_dir = fcm.name
     try:
         env = worker_env(opts, sandbox, fcm_dir)
         meters = Meters(rds, engine, sandbox)
@@ -645,6 +646,7 @@ def _run(opts: Options) -> dict[str, Any]:
     finally:
         sandbox.stop()
         engine.dispose()
+        fcm.cleanup()
     result = {
         "figures": figures(opts, ref, prod, checks),
         "options": asdict(opts),
