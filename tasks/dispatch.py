@@ -1,4 +1,5 @@
-"""`comms.dispatch`: validate the envelope, accept it once per message_id, route it."""
+"""`comms.dispatch`: validate the envelope, accept it once per message_id, then make the first
+attempt itself (inline receipts, a free bulkhead slot) or route it to its channel's queue."""
 
 from __future__ import annotations
 
@@ -51,10 +52,13 @@ def usable_message_id(raw: Any, fallback: str) -> uuid.UUID:
     retry_jitter=False,
 )
 def dispatch(self: Task, request: Any) -> dict[str, Any]:
-    """Accept a request (the seed's envelope) and hand it to its channel's queue.
+    """Accept a request (the seed's envelope); send its first attempt here or hand it to its
+    channel's queue (README, "First attempt inside comms.dispatch").
 
-    Returns the dispatch receipt: status `queued`, or `failed` for a request that is not valid
-    (its FAILED row is in comms_log; never retried). The same message_id twice dispatches once.
+    Returns the dispatch receipt: the first attempt's outcome (`sent`, `retrying`, `failed`,
+    `deferred`, `suppressed`) when it was made here, else `queued`; `failed` for a request that is
+    not valid (its FAILED row is in comms_log; never retried). The same message_id twice
+    dispatches once.
     """
     settings = get_settings()
     message_id = usable_message_id(request, self.request.id or str(uuid.uuid4()))
