@@ -196,9 +196,12 @@ class _Attempt:
             start_fallback(self.mid, f"suppressed: {reason}")
         return self.result("SUPPRESSED", error=reason)
 
-    def fail(self, error: str) -> Result:
+    def record_failed(self, error: str) -> None:
         with_db_retry(lambda: store.finish(self.mid, "FAILED", retry_count=self.retries,
                                            error=error))
+
+    def fail(self, error: str) -> Result:
+        self.record_failed(error)
         raise DeliveryFailed(error)
 
 
@@ -214,11 +217,11 @@ class FirstAttempt(_Attempt):
         self.retries = 0
         self.chord_mode = False
 
-    def run_claimed(self, request: DispatchRequest) -> Result:
+    def run_claimed(self) -> Result:
         """The attempt, for a message the dispatch already claimed. A bug in it closes the
         message FAILED (the channel task has the task_failure handler for that)."""
         try:
-            return self.attempt(request)
+            return self.attempt(self.request)
         except Exception as exc:
             if is_connection_problem(exc):
                 raise  # no verdict: the dispatch's autoretry, then the outbox sweep, take it
@@ -233,8 +236,7 @@ class FirstAttempt(_Attempt):
         return self.result("RETRYING", error=reason)
 
     def fail(self, error: str) -> Result:
-        with_db_retry(lambda: store.finish(self.mid, "FAILED", retry_count=self.retries,
-                                           error=error))
+        self.record_failed(error)
         if policies()[self.channel].on_final_failure == "fallback":
             from tasks.fallbacks import start_fallback
 

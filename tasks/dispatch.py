@@ -85,7 +85,7 @@ def dispatch(self: Task, request: Any) -> dict[str, Any]:
             lease_seconds=settings.comms_claim_lease,
         )
         if accepted.new and inline:
-            res = FirstAttempt(self, req).run_claimed(req)
+            res = FirstAttempt(self, req).run_claimed()
             return dispatch_receipt(message_id, req.channel, res["outcome"],
                                     response_id=res["response_id"], error=res["error"])
     redelivered = bool(self.request.retries) or bool(

@@ -96,16 +96,18 @@ def _release_lost_claim(sender: Any = None, request: Any = None, reason: Any = N
     kwargs = getattr(request, "kwargs", None) or {}
     if not isinstance(kwargs, dict):
         return
-    state = "retrying"
-    message_id = kwargs.get("message_id")
     if name == "comms.dispatch":
-        # Its first attempt (tasks.delivery.FirstAttempt) held the claim as "<task id>:0".
+        # Its first attempt (tasks.delivery.FirstAttempt) held the claim as "<task id>:0"; back
+        # to `queued`, the retried dispatch routes the message.
         from tasks.dispatch import usable_message_id
 
-        message_id, state = str(usable_message_id(kwargs.get("request"), request.id)), "queued"
+        message_id: str | None = str(usable_message_id(kwargs.get("request"), request.id))
+        holder, state = f"{request.id}:0", "queued"
+    else:
+        message_id = kwargs.get("message_id")
+        holder, state = f"{request.id}:{int(request.retries or 0)}", "retrying"
     if message_id is None:
         return
-    holder = f"{request.id}:{0 if state == 'queued' else int(request.retries or 0)}"
     try:
         if store.release_lost_claim(uuid.UUID(message_id), holder=holder, state=state):
             log.warning("released the claim of lost try %s of %s", holder, message_id)

@@ -591,6 +591,7 @@ def figures(opts: Options, ref: dict[str, Phase], prod: dict[str, Any],
         )
     latency = prod["latency"]
     per_k = 1000 / dispatch.messages
+    machine_cpu = sum(dispatch.cpu.values())
     out.update(
         latency_rate=latency["rate"],
         latency_p50_ms=latency.get("p50_ms"),
@@ -598,9 +599,8 @@ def figures(opts: Options, ref: dict[str, Phase], prod: dict[str, Any],
         cpu_seconds_per_1000=round(dispatch.cpu["workers"] * per_k, 2),
         # Everything on the machine (workers, producer, sandbox, Redis, PostgreSQL), and the share
         # of the machine's cores it kept busy: below ≈ 0.9 the run was not CPU-bound.
-        machine_cpu_seconds_per_1000=round(sum(dispatch.cpu.values()) * per_k, 2),
-        cpu_busy_share=round(
-            sum(dispatch.cpu.values()) / (dispatch.seconds * (os.cpu_count() or 1)), 2),
+        machine_cpu_seconds_per_1000=round(machine_cpu * per_k, 2),
+        cpu_busy_share=round(machine_cpu / (dispatch.seconds * (os.cpu_count() or 1)), 2),
         redis_commands_per_message=round(dispatch.redis_commands / dispatch.messages, 1),
         pg_transactions_per_message=round(dispatch.pg_transactions / dispatch.messages, 2),
         redis_memory_before=prod["redis_before"]["used_memory"],

@@ -14,7 +14,7 @@ from channels.checks import InvalidPhoneNumber, normalize_phone
 from channels.contacts import Contact
 from config.settings import get_settings
 from worker.store.db import transaction
-from worker.store.dispatches import _dialect_insert, _insert
+from worker.store.dispatches import _dialect_insert
 from worker.store.models import Contact as ContactRow
 from worker.store.models import FcmToken, utcnow
 
@@ -86,12 +86,9 @@ def get(email: str) -> Contact | None:
 
 
 def _ensure(conn: Connection, email: str) -> None:
-    conn.execute(
-        _insert(conn, contacts)
-        .values(email=email, sms_opt_out=False, push_enabled=True, email_unsubscribed=False,
-                updated_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["email"])
-    )
+    """The contact's row, created with the defaults (consent given, no profile) when missing."""
+    conn.execute(_built(conn.dialect.name).ensure,
+                 {"b_email": email, "b_now": utcnow(), **{f"b_{k}": None for k in PROFILE_FIELDS}})
 
 
 def _add_token(conn: Connection, email: str, token: str) -> None:

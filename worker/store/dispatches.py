@@ -171,18 +171,20 @@ def accept(
     the same statement: the dispatch task then makes the first attempt itself."""
     now = utcnow()
     claiming = claim_for is not None
+    if claiming:
+        state = "sending"
     with transaction() as conn:
         st = _stmts(conn)
         inserted = conn.execute(st.accept, {
             "b_mid": message_id, "b_channel": channel, "b_recipient": recipient,
             "b_priority": priority, "b_signal_type": signal_type, "b_severity": severity,
             "b_parent": parent_message_id, "b_request": request,
-            "b_state": "sending" if claiming else state, "b_holder": claim_for,
+            "b_state": state, "b_holder": claim_for,
             "b_lease_until": now + timedelta(seconds=lease_seconds) if claiming else None,
             "b_attempts": 1 if claiming else 0, "b_now": now,
         }).first()
         if inserted is not None:
-            return Accepted(True, "sending" if claiming else state)
+            return Accepted(True, state)
         current = conn.execute(st.state, {"b_mid": message_id}).scalar_one()
         return Accepted(False, current)
 
@@ -311,10 +313,13 @@ def finish(
             }).first()
             if written is not None:
                 return True
-            # Nothing written: already terminal (or its row exists); the steps below settle it.
-        row = conn.execute(st.finish, binds).first()
-        if not write_receipt:
-            return False
+            # Nothing written: the state is terminal now (the UPDATE below could not match), and
+            # the insert from the stored row only fills a missing terminal row.
+            row = None
+        else:
+            row = conn.execute(st.finish, binds).first()
+            if not write_receipt:
+                return False
         if row is None:  # already terminal: the insert below is a no-op unless its row is missing
             row = _dispatch_row(conn, message_id)
         return _write_terminal(
