@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from worker.bench import Options, Phase, figures
+from worker.bench import Options, Phase, figures, idle_share, machine_jiffies
 
 
 def _phase(messages: int, seconds: float, cpu: dict[str, float], **extra: int) -> Phase:
@@ -34,3 +34,20 @@ def test_figures_are_same_run_ratios_and_per_message_costs():
     assert out["pg_transactions_per_message"] == 2.5
     assert out["redis_memory_within_10pct"] is True
     assert out["latency_p99_ms"] == 16.0
+    assert out["machine_idle_share"] is None
+
+
+def test_idle_share_is_the_idle_part_of_the_machine_ticks_between_two_readings():
+    assert idle_share((100, 1000), (130, 1100)) == 0.3
+    assert idle_share(None, (130, 1100)) is None
+    assert idle_share((100, 1000), (100, 1000)) is None
+
+
+def test_machine_ticks_are_read_from_proc_stat_where_there_is_one():
+    ticks = machine_jiffies()
+    if not os.path.exists("/proc/stat"):
+        assert ticks is None
+        return
+    assert ticks is not None
+    idle, total = ticks
+    assert 0 <= idle <= total

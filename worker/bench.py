@@ -86,6 +86,10 @@ class Phase:
     pg_transactions: int = 0
     #: Messages that ended without their row (the naive implementation has no retries).
     lost: int = 0
+    #: Share of the machine's CPU time left idle during the phase, from /proc/stat: it also sees
+    #: what the per-process figures miss (short-lived PostgreSQL backends, the kernel). None
+    #: where /proc/stat is absent.
+    idle_share: float | None = None
 
 
 # -- infrastructure ------------------------------------------------------------------------------
@@ -390,9 +394,26 @@ def reference_phases(opts: Options, env: dict[str, str], engine: Engine, meters:
     return out
 
 
+def machine_jiffies() -> tuple[int, int] | None:
+    """(idle, total) CPU time of the whole machine so far, in clock ticks; None off Linux."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return idle + iowait, user + nice + system + idle + iowait + irq + softirq + steal
+
+
+def idle_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
+
+
 def run_phase(n: int, send: Callable[[int], None], count: Callable[[], int], workers: Workers,
               meters: Meters, what: str, *, already: int = 0) -> Phase:
     before = meters.snapshot()
+    jiffies = machine_jiffies()
     workers_before = workers.cpu_seconds()
     start = time.time()
     for i in range(n):
@@ -404,7 +425,8 @@ def run_phase(n: int, send: Callable[[int], None], count: Callable[[], int], wor
     seconds = done - start
     return Phase(n, round(seconds, 3), round(n / seconds, 1), round(enqueued - start, 3),
                  {k: round(v, 2) for k, v in cpu.items()},
-                 used["redis_commands"], used["pg_transactions"])
+                 used["redis_commands"], used["pg_transactions"],
+                 idle_share=idle_share(jiffies, machine_jiffies()))
 
 
 def first_generation_terminals(engine: Engine) -> Callable[[], int]:
@@ -601,6 +623,7 @@ def figures(opts: Options, ref: dict[str, Phase], prod: dict[str, Any],
         # of the machine's cores it kept busy: below ≈ 0.9 the run was not CPU-bound.
         machine_cpu_seconds_per_1000=round(machine_cpu * per_k, 2),
         cpu_busy_share=round(machine_cpu / (dispatch.seconds * (os.cpu_count() or 1)), 2),
+        machine_idle_share=dispatch.idle_share,
         redis_commands_per_message=round(dispatch.redis_commands / dispatch.messages, 1),
         pg_transactions_per_message=round(dispatch.pg_transactions / dispatch.messages, 2),
         redis_memory_before=prod["redis_before"]["used_memory"],
