@@ -42,6 +42,35 @@ def test_prints_terminal_receipt_when_waiting(slack_payload, capsys, sandbox):
 
 
 @pytest.mark.usefixtures("worker", "clean")
+def test_waiting_sends_again_a_message_the_broker_lost(slack_payload, capsys, sandbox,
+                                                      monkeypatch):
+    import worker.producer as producer
+
+    lost: list[str] = []
+    enqueue = producer._enqueue
+
+    def lose_the_first(request, app):  # as a worker killed between BRPOP and its unacked record
+        if not lost:
+            lost.append(request["message_id"])
+            return
+        enqueue(request, app)
+
+    monkeypatch.setattr(producer, "_enqueue", lose_the_first)
+    mid = str(uuid.uuid4())
+    code = main(["send", "--channel", "slack", "--recipient", "jane@example.com",
+                 "--priority", "HIGH", "--payload", str(slack_payload), "--message-id", mid,
+                 "--wait", "--timeout", "20", "--resend-after", "0.5"])
+
+    receipt = json.loads(capsys.readouterr().out)["dispatch_receipt"]
+    assert lost == [mid]
+    assert code == 0
+    assert receipt["message_id"] == mid
+    assert receipt["status"] == "sent"
+    (call,) = sandbox.requests("slack")
+    assert call.json()["text"] == "Leeds degraded"
+
+
+@pytest.mark.usefixtures("worker", "clean")
 def test_exits_one_with_failed_receipt_when_vendor_refuses(slack_payload, capsys, sandbox):
     from worker.sandbox import Reply
 

@@ -44,7 +44,10 @@ def _cmd_send(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     if args.wait:
         try:
-            receipt = wait(receipt["dispatch_receipt"]["message_id"], timeout=args.timeout)
+            message_id = receipt["dispatch_receipt"]["message_id"]
+            receipt = wait(message_id, timeout=args.timeout,
+                           resend={**request, "message_id": message_id},
+                           resend_after=args.resend_after)
         except TimeoutError as exc:
             print(json.dumps(receipt, indent=2))
             print(f"comms send: {exc}", file=sys.stderr)
@@ -198,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--severity")
     send.add_argument("--wait", action="store_true", help="wait for the terminal receipt")
     send.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits")
+    send.add_argument("--resend-after", type=float, default=30.0,
+                      help="with --wait: seconds after which a message no worker has accepted is "
+                           "sent again, same message_id (then at doubling intervals)")
     send.set_defaults(func=_cmd_send)
 
     sandbox = sub.add_parser("sandbox", help="run the vendor sandbox HTTP server")

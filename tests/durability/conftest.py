@@ -10,6 +10,7 @@ carries an ETA beyond the countdown bound (the runtime half of "no ETA beyond th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -118,17 +119,30 @@ class Cluster:
         self.processes.append(proc)
         return proc
 
-    def send(self, requests: list[dict[str, Any]]) -> None:
-        """Enqueue `comms.dispatch` by name on the durability broker, as a producer would."""
+    @contextlib.contextmanager
+    def producer(self) -> Iterator[Any]:
+        """A producer's own Celery app on the durability broker."""
         from celery import Celery
 
         producer = Celery("durability-producer", broker=DURABILITY_REDIS_URL)
         producer.conf.update(broker_transport_options={"visibility_timeout": 10})
         try:
-            for request in requests:
-                producer.send_task("comms.dispatch", kwargs={"request": request})
+            yield producer
         finally:
             producer.close()
+
+    def send(self, requests: list[dict[str, Any]]) -> None:
+        """Enqueue `comms.dispatch` by name on the durability broker, as a producer would."""
+        with self.producer() as producer:
+            for request in requests:
+                producer.send_task("comms.dispatch", kwargs={"request": request})
+
+    def resend_unaccepted(self, requests: list[dict[str, Any]]) -> list[str]:
+        """What a producer that must not lose a message does (worker.producer)."""
+        from worker.producer import resend_unaccepted
+
+        with self.producer() as producer:
+            return resend_unaccepted(requests, app=producer)
 
     def stop_all(self) -> None:
         for proc in self.processes:

@@ -8,6 +8,7 @@ the reconciling sweep may all try and still only one terminal row exists.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -420,6 +421,19 @@ def terminal_row(message_id: uuid.UUID) -> dict[str, Any] | None:
             .first()
         )
     return None if row is None else dict(row)
+
+
+def accepted_ids(message_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these messages a `comms.dispatch` has accepted (a `dispatches` row exists)."""
+    found: set[uuid.UUID] = set()
+    ids = list(message_ids)
+    with transaction() as conn:
+        for start in range(0, len(ids), 1000):  # bounded IN lists
+            found.update(conn.execute(
+                select(dispatches.c.message_id)
+                .where(dispatches.c.message_id.in_(ids[start:start + 1000]))
+            ).scalars())
+    return found
 
 
 def get_dispatch(message_id: uuid.UUID) -> dict[str, Any] | None:
