@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -159,11 +158,13 @@ def broker() -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def cluster(database: str, broker: redis.Redis, clean: None) -> Iterator[Callable[..., Cluster]]:
+def cluster(database: str, broker: redis.Redis, clean: None,
+            tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     """`cluster(**env)` -> a Cluster whose processes get the test environment, the durability
     broker and `env` (COMMS_* overrides); every process is killed at the end of the test."""
     made: list[Cluster] = []
-    tmp = Path(tempfile.mkdtemp(prefix="comms-durability-"))
+    # pytest keeps the last three runs' directories (process logs to read after a failure).
+    tmp = tmp_path
 
     def make(**overrides: Any) -> Cluster:
         env = dict(os.environ)
