@@ -190,11 +190,15 @@ class _Attempt:
     def suppress(self, reason: str) -> Result:
         with_db_retry(lambda: store.finish(self.mid, "SUPPRESSED", retry_count=self.retries,
                                            error=reason, write_receipt=not self.chord_mode))
+        self.fall_back(f"suppressed: {reason}")
+        return self.result("SUPPRESSED", error=reason)
+
+    def fall_back(self, reason: str) -> None:
+        """Start the fallback of a message that ended here, if its channel has one."""
         if policies()[self.channel].on_final_failure == "fallback":
             from tasks.fallbacks import start_fallback
 
-            start_fallback(self.mid, f"suppressed: {reason}")
-        return self.result("SUPPRESSED", error=reason)
+            start_fallback(self.mid, reason)
 
     def record_failed(self, error: str) -> None:
         with_db_retry(lambda: store.finish(self.mid, "FAILED", retry_count=self.retries,
@@ -226,8 +230,10 @@ class FirstAttempt(_Attempt):
             if is_connection_problem(exc):
                 raise  # no verdict: the dispatch's autoretry, then the outbox sweep, take it
             log.exception("first attempt of %s failed", self.mid)
-            store.fail_unless_terminal(self.mid, f"{type(exc).__name__}: {exc}")
-            return self.result("FAILED", error=f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            if store.fail_unless_terminal(self.mid, error):
+                self.fall_back(error)  # as the channel task's link_error would
+            return self.result("FAILED", error=error)
 
     def reschedule(self, countdown: float, reason: str) -> Result:
         from tasks.dispatch import route
@@ -237,10 +243,7 @@ class FirstAttempt(_Attempt):
 
     def fail(self, error: str) -> Result:
         self.record_failed(error)
-        if policies()[self.channel].on_final_failure == "fallback":
-            from tasks.fallbacks import start_fallback
-
-            start_fallback(self.mid, f"{DeliveryFailed.__name__}: {error}")
+        self.fall_back(f"{DeliveryFailed.__name__}: {error}")
         return self.result("FAILED", error=error)
 
 

@@ -15,6 +15,7 @@ from celery import Task
 
 from channels.envelope import DispatchRequest
 from config.settings import get_settings
+from config.tables import policies
 from tasks.dispatch import route
 from worker import clock
 from worker.celery_app import app
@@ -51,12 +52,15 @@ class Sweep:
     replayed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     reconciled: list[str] = field(default_factory=list)
+    #: Parents whose lost fallback was started again.
+    fallbacks: list[str] = field(default_factory=list)
 
 
 def sweep_outbox_once(*, now: datetime | None = None, limit: int | None = None) -> Sweep:
     """Replay unfinished dispatches with no sign of life for COMMS_REPLAY_AFTER seconds (claimed and
     counted in one transaction, enqueued after its commit), close those past COMMS_MAX_REPLAYS as
-    FAILED (with their fallback, as any final failure), and write receipts lost with a callback.
+    FAILED (with their fallback, as any final failure), write receipts lost with a callback, and
+    start again the fallbacks whose message was lost (same derived id: still one fallback).
 
     A replay re-enqueues the same round with the same task id and try number as the lost message
     (a broker redelivery, made by us): the claim in `dispatches` keeps it from calling the vendor
@@ -79,6 +83,13 @@ def sweep_outbox_once(*, now: datetime | None = None, limit: int | None = None) 
         done.failed.append(str(lost.message_id))
     reconciled = outbox.reconcile_receipts(now=now, older_than=cutoff, limit=batch)
     done.reconciled.extend(str(mid) for mid in reconciled)
+    falling_back = [ch for ch, pol in policies().items() if pol.on_final_failure == "fallback"]
+    for parent in outbox.missing_fallbacks(now=now, older_than=cutoff, channels=falling_back,
+                                           limit=batch):
+        reason = parent.error or "failed"
+        if start_fallback(parent.message_id,
+                          reason if parent.state == "failed" else f"suppressed: {reason}"):
+            done.fallbacks.append(str(parent.message_id))
     return done
 
 
@@ -86,8 +97,9 @@ def sweep_outbox_once(*, now: datetime | None = None, limit: int | None = None) 
           max_retries=0)
 def sweep_outbox(self: Task) -> dict[str, int]:
     done = sweep_outbox_once()
-    if done.replayed or done.failed or done.reconciled:
+    if done.replayed or done.failed or done.reconciled or done.fallbacks:
         log.warning("outbox sweep: replayed %d, failed %d (replays exhausted), receipts "
-                    "reconciled %d", len(done.replayed), len(done.failed), len(done.reconciled))
+                    "reconciled %d, lost fallbacks started %d", len(done.replayed),
+                    len(done.failed), len(done.reconciled), len(done.fallbacks))
     return {"replayed": len(done.replayed), "failed": len(done.failed),
-            "reconciled": len(done.reconciled)}
+            "reconciled": len(done.reconciled), "fallbacks": len(done.fallbacks)}

@@ -11,6 +11,7 @@ replayed by one sweep only. The caller enqueues after the commit.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,6 +45,15 @@ class Replay:
 class Exhausted:
     message_id: uuid.UUID
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unfallen:
+    """A failed (or suppressed) message whose fallback was never accepted."""
+
+    message_id: uuid.UUID
+    state: str
+    error: str | None
 
 
 def _has_terminal() -> Any:
@@ -155,3 +165,32 @@ def reconcile_receipts(*, now: datetime | None = None, older_than: datetime,
                                retry_count=tries_in_round(conn, row.message_id), error=row.error):
                 written.append(row.message_id)
     return written
+
+
+def missing_fallbacks(*, now: datetime | None = None, older_than: datetime,
+                      channels: Sequence[str], limit: int) -> list[Unfallen]:
+    """First-generation dispatches of a channel that falls back, failed or suppressed before
+    `older_than`, with no fallback dispatch: the fallback's `comms.dispatch` message was lost
+    (Redis flushed, a worker killed as it took the message, or the process that failed the
+    parent died before it enqueued the fallback). Invalid requests never fall back."""
+    now = now or utcnow()
+    child = dispatches.alias("child")
+    has_fallback = select(child.c.message_id).where(
+        child.c.parent_message_id == dispatches.c.message_id).exists()
+    invalid = func.coalesce(dispatches.c.request["invalid_request"].as_boolean(), False)
+    with transaction() as conn:
+        rows = conn.execute(
+            select(dispatches.c.message_id, dispatches.c.state, dispatches.c.error)
+            .where(
+                dispatches.c.state.in_(("failed", "suppressed")),
+                dispatches.c.updated_at < older_than,
+                dispatches.c.updated_at >= now - RECONCILE_LOOKBACK,
+                dispatches.c.parent_message_id.is_(None),
+                dispatches.c.channel.in_(list(channels)),
+                invalid.is_(False),
+                ~has_fallback,
+            )
+            .order_by(dispatches.c.updated_at)
+            .limit(limit)
+        ).all()
+    return [Unfallen(row.message_id, row.state, row.error) for row in rows]
