@@ -117,6 +117,8 @@ def wait(
     mid = uuid.UUID(str(message_id))
     if resend is not None and _message_id(resend) != mid:
         raise ValueError("resend must be the request whose message_id is waited for")
+    if resend_after <= 0:
+        raise ValueError("resend_after must be more than 0 seconds")
     now = time.monotonic()
     deadline = now + timeout
     pause = resend_after

@@ -70,7 +70,7 @@ def test_resend_unaccepted_sends_only_the_lost_ones(celery_app, producer, sandbo
     assert log_outcomes(lost["message_id"]) == ["SENT"]
 
 
-def test_a_request_without_message_id_cannot_be_sent_again(celery_app):
+def test_resend_refuses_what_it_cannot_do(celery_app):
     request = slack_request()
     del request["message_id"]
 
@@ -78,3 +78,8 @@ def test_a_request_without_message_id_cannot_be_sent_again(celery_app):
         resend_unaccepted([request], app=celery_app)
     with pytest.raises(ValueError, match="message_id"):
         wait(uuid.uuid4(), timeout=1, resend=request, app=celery_app)
+    with pytest.raises(ValueError, match="resend must be the request"):
+        wait(uuid.uuid4(), timeout=1, resend=slack_request(), app=celery_app)
+    same = slack_request()
+    with pytest.raises(ValueError, match="resend_after"):
+        wait(same["message_id"], timeout=1, resend=same, resend_after=0, app=celery_app)

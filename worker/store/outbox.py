@@ -48,7 +48,7 @@ class Exhausted:
 
 
 @dataclass(frozen=True, slots=True)
-class Unfallen:
+class MissingFallback:
     """A failed (or suppressed) message whose fallback was never accepted."""
 
     message_id: uuid.UUID
@@ -168,7 +168,7 @@ def reconcile_receipts(*, now: datetime | None = None, older_than: datetime,
 
 
 def missing_fallbacks(*, now: datetime | None = None, older_than: datetime,
-                      channels: Sequence[str], limit: int) -> list[Unfallen]:
+                      channels: Sequence[str], limit: int) -> list[MissingFallback]:
     """First-generation dispatches of a channel that falls back, failed or suppressed before
     `older_than`, with no fallback dispatch: the fallback's `comms.dispatch` message was lost
     (Redis flushed, a worker killed as it took the message, or the process that failed the
@@ -193,4 +193,4 @@ def missing_fallbacks(*, now: datetime | None = None, older_than: datetime,
             .order_by(dispatches.c.updated_at)
             .limit(limit)
         ).all()
-    return [Unfallen(row.message_id, row.state, row.error) for row in rows]
+    return [MissingFallback(row.message_id, row.state, row.error) for row in rows]
