@@ -126,3 +126,13 @@ def test_demo_runs_on_embedded_defaults_when_nothing_is_configured(tmp_path):
     assert "RETRYING,RETRYING,SENT" in out
     assert "slack:channel_not_found" in out
     assert "invalid request" in out
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "soon"])
+def test_refuses_a_resend_delay_that_is_not_a_positive_number(value, slack_payload, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["send", "--channel", "slack", "--recipient", "jane@example.com", "--priority",
+              "HIGH", "--payload", str(slack_payload), "--wait", "--resend-after", value])
+
+    assert exit_.value.code == 2
+    assert "--resend-after" in capsys.readouterr().err

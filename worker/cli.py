@@ -13,6 +13,17 @@ from typing import Any
 EXIT_INVALID = 2
 
 
+def _seconds(text: str) -> float:
+    """A duration flag: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
 def _cmd_send(args: argparse.Namespace) -> int:
     from channels.envelope import InvalidRequest
     from worker.producer import send, wait
@@ -200,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--signal-type", dest="signal_type")
     send.add_argument("--severity")
     send.add_argument("--wait", action="store_true", help="wait for the terminal receipt")
-    send.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits")
-    send.add_argument("--resend-after", type=float, default=30.0,
+    send.add_argument("--timeout", type=_seconds, default=120.0, help="seconds --wait waits")
+    send.add_argument("--resend-after", type=_seconds, default=30.0,
                       help="with --wait: seconds after which a message no worker has accepted is "
                            "sent again, same message_id (then at doubling intervals)")
     send.set_defaults(func=_cmd_send)
