@@ -24,6 +24,10 @@ from worker.store import dispatches as store
 NAMESPACE = uuid.UUID("5b0c6d3e-6f6d-4d8e-9c0f-6d656f77636d")
 
 
+#: Tries of comms.dispatch while PostgreSQL is unreachable: 31 s of doubling, then 120 tries 30 s apart.
+DB_OUTAGE_RETRIES = 5 + 120
+
+
 def derived_id(base: uuid.UUID | str, purpose: str) -> str:
     return str(uuid.uuid5(NAMESPACE, f"{base}:{purpose}"))
 
@@ -43,11 +47,13 @@ def usable_message_id(raw: Any, fallback: str) -> uuid.UUID:
     name="comms.dispatch",
     bind=True,
     acks_late=True,
-    max_retries=5,
+    # PostgreSQL unreachable: 1, 2, 4, 8, 16 s, then every 30 s (well under the countdown bound),
+    # an hour in all. Until the dispatch row exists nothing but this message knows the request,
+    # so giving up drops it (only a producer that re-sends would notice).
+    max_retries=DB_OUTAGE_RETRIES,
     default_retry_delay=2,
     autoretry_for=(OperationalError,),
     retry_backoff=True,
-    # 1, 2, 4, 8, 16 s while PostgreSQL is unreachable; capped well under the countdown bound.
     retry_backoff_max=30,
     retry_jitter=False,
 )

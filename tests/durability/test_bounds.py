@@ -224,3 +224,18 @@ def test_receipt_callback_retries_database_outages_within_the_bound():
     assert record_receipt.max_retries == 10
     assert record_receipt.retry_backoff is True
     assert record_receipt.retry_backoff_max <= get_settings().countdown_bound
+
+
+def test_dispatch_waits_out_an_hour_of_database_outage_within_the_bound():
+    """Until comms.dispatch has inserted the dispatch row, the task message is the only record of
+    the request: an outage shorter than an hour must not drop it."""
+    from sqlalchemy.exc import OperationalError
+
+    from tasks.dispatch import dispatch
+
+    assert dispatch.autoretry_for == (OperationalError,)
+    assert dispatch.retry_backoff is True and dispatch.retry_jitter is False
+    assert dispatch.retry_backoff_max <= get_settings().countdown_bound
+    assert dispatch.max_retries is not None
+    delays = [min(2 ** n, dispatch.retry_backoff_max) for n in range(dispatch.max_retries)]
+    assert 3600 <= sum(delays) <= 3700
