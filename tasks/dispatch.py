@@ -24,7 +24,8 @@ from worker.store import dispatches as store
 NAMESPACE = uuid.UUID("5b0c6d3e-6f6d-4d8e-9c0f-6d656f77636d")
 
 
-#: Tries of comms.dispatch while PostgreSQL is unreachable: 31 s of doubling, then 120 tries 30 s apart.
+#: Tries of comms.dispatch while PostgreSQL is unreachable: 31 s of doubling, then 120 tries
+#: 30 s apart.
 DB_OUTAGE_RETRIES = 5 + 120
 
 
