@@ -280,3 +280,35 @@ def test_oncall_fallback_fires_when_pagerduty_dies_on_its_last_attempt(cluster, 
     assert str(fallback["parent_message_id"]) == request["message_id"]
     [post] = sandbox.requests("slack")
     assert post.json()["channel"] == "#oncall"
+
+
+@pytest.mark.slow
+def test_dispatch_waits_for_postgres_longer_than_its_first_backoffs(cluster, sandbox, database):
+    """PostgreSQL is unreachable when comms.dispatch takes the message, for longer than the five
+    doubling backoffs (31 s) it once gave up after: the message waits in Redis, retrying every
+    30 s, and is accepted and sent once once the database is back."""
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import log_outcomes, slack_request
+    from tests.durability.conftest import TcpForwarder
+
+    url = make_url(database)
+    db = TcpForwarder((url.host or "127.0.0.1", url.port or 5432))
+    c = cluster(COMMS_DATABASE_URL=url.set(host="127.0.0.1", port=db.port).render_as_string(
+        hide_password=False))
+    worker = c.worker().start()
+    request = slack_request()
+    try:
+        c.send([request])
+        time.sleep(36)  # past 1 + 2 + 4 + 8 + 16 s of backoff: the sixth try is already due
+        assert sandbox.requests("slack") == []
+        db.open()
+        row = wait_for(lambda: store.terminal_row(uuid.UUID(request["message_id"])), timeout=45)
+    finally:
+        db.close()
+
+    assert row["outcome"] == "SENT"
+    assert len(sandbox.requests("slack")) == 1
+    assert log_outcomes(request["message_id"]) == ["SENT"]
+    retries = re.findall(r"comms\.dispatch\[[^\]]+\] retry: Retry in (\d+)s", worker.output())
+    assert retries[:6] == ["1", "2", "4", "8", "16", "30"]
