@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -123,3 +125,17 @@ def test_sandbox_sends_its_answers_without_nagle(sb: Sandbox) -> None:
     # than the latency asked for. The socket option is what fixes it, so that is what is checked.
     handler = sb._server.RequestHandlerClass
     assert getattr(handler, "disable_nagle_algorithm", False) is True
+
+
+def test_sandbox_says_nothing_when_a_client_hangs_up_before_its_answer(sb: Sandbox, capfd) -> None:
+    sb.script("slack", Reply(200, {"ok": True}, delay=0.5))
+    host, port = sb.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as client:
+        client.sendall(b"POST /slack/api/chat.postMessage HTTP/1.1\r\nHost: x\r\n"
+                       b"Content-Length: 2\r\n\r\n{}")
+        # Linger 0: the close resets the connection, as a killed process's would.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(1.0)  # the answer is written to a closed connection
+
+    assert len(sb.requests("slack")) == 1
+    assert "Traceback" not in capfd.readouterr().err

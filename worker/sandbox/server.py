@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
 import time
 from collections import deque
@@ -109,7 +110,7 @@ class Sandbox:
         self._counter = 0
         #: Vendor-side state handlers keep (idempotency keys, ids, tokens issued...).
         self.state: dict[str, Any] = {}
-        self._server = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._server = _QuietServer((host, port), _make_handler(self))
         self._server.daemon_threads = True
         self._server.request_queue_size = 256
         self._thread: threading.Thread | None = None
@@ -206,6 +207,16 @@ class Sandbox:
             self.error_rate = float(data.get("error_rate", self.error_rate))
             return Reply(204)
         return Reply(404, {"error": "unknown sandbox control path"})
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up before its answer (a worker killed mid-call, a read timeout) is
+    what the sandbox is there to play: no traceback for it. Anything else is still printed."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
 
 def _make_handler(sandbox: Sandbox) -> type[BaseHTTPRequestHandler]:
