@@ -115,8 +115,11 @@ def first_attempt_slot(channel: str) -> Iterator[bool]:
     if settings.comms_receipt_mode != "inline" or settings.comms_inline_slots == 0:
         yield False
         return
-    with _slots_lock:
-        slots = _slots.setdefault(channel, threading.BoundedSemaphore(settings.comms_inline_slots))
+    slots = _slots.get(channel)
+    if slots is None:  # once per channel and process, not a semaphore built per message
+        with _slots_lock:
+            slots = _slots.setdefault(channel,
+                                      threading.BoundedSemaphore(settings.comms_inline_slots))
     if not slots.acquire(blocking=False):
         yield False
         return

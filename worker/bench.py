@@ -508,13 +508,14 @@ def latency_phase(opts: Options, rate: float, producer: Any, counter: Callable[[
         if match is not None and match.group(1) in sent_at:
             key = match.group(1)
             arrived[key] = min(arrived.get(key, rec["at"]), rec["at"])
-    millis = sorted((arrived[k] - sent_at[k]) * 1000 for k in arrived)
+    took = {k: (arrived[k] - sent_at[k]) * 1000 for k in arrived}
+    millis = sorted(took.values())
     if not millis:
         return {"rate": round(rate, 1), "messages": n, "matched": 0}
-    index = {ids[i].hex: i for i in range(n)}
+    index = {mid.hex: i for i, mid in enumerate(ids)}
     # The ten slowest, with when they were sent and their channel: a tail of one channel or of
     # one moment (a stall) reads differently from one spread over the run.
-    slowest = sorted(arrived, key=lambda k: arrived[k] - sent_at[k], reverse=True)[:10]
+    slowest = sorted(took, key=took.__getitem__, reverse=True)[:10]
     return {
         "rate": round(rate, 1),
         "messages": n,
@@ -523,7 +524,7 @@ def latency_phase(opts: Options, rate: float, producer: Any, counter: Callable[[
         "p99_ms": round(millis[min(len(millis) - 1, int(len(millis) * 0.99))], 1),
         "max_ms": round(millis[-1], 1),
         "slowest": [{"sent_s": round(sent_at[k] - sent_at[ids[0].hex], 2),
-                     "ms": round((arrived[k] - sent_at[k]) * 1000, 1),
+                     "ms": round(took[k], 1),
                      "channel": CHANNELS[index[k] % len(CHANNELS)]} for k in slowest],
     }
 

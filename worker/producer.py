@@ -129,7 +129,7 @@ def wait(
             assert receipt is not None
             return receipt
         if resend is not None and time.monotonic() >= next_resend:
-            if store.get_dispatch(mid) is None:
+            if mid not in store.accepted_ids([mid]):
                 log.warning("message %s not accepted after %.0f s: sending it again", mid, pause)
                 _enqueue(resend, app)
             pause = min(pause * 2, MAX_RESEND_INTERVAL)
