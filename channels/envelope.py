@@ -182,6 +182,21 @@ class InvalidRequest(ValueError):
         super().__init__("invalid request: " + "; ".join(problems))
 
 
+def _nul_paths(value: Any, where: str = "") -> list[str]:
+    """Where a NUL character hides in a JSON value (in a string or a key), as field paths."""
+    if isinstance(value, str):
+        return [where or "request"] if "\x00" in value else []
+    if isinstance(value, dict):
+        found = [f"{where}.{key!r}" if where else repr(key) for key in value
+                 if isinstance(key, str) and "\x00" in key]
+        for key, item in value.items():
+            found += _nul_paths(item, f"{where}.{key}" if where else str(key))
+        return found
+    if isinstance(value, list):
+        return [path for i, item in enumerate(value) for path in _nul_paths(item, f"{where}.{i}")]
+    return []
+
+
 def _describe(error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors(include_url=False):
@@ -194,9 +209,13 @@ def parse_request(data: Any, *, max_bytes: int) -> DispatchRequest:
     """The request as a DispatchRequest, or InvalidRequest saying what is wrong with it."""
     if not isinstance(data, dict):
         raise InvalidRequest([f"request must be a JSON object, not {type(data).__name__}"])
-    size = len(json.dumps(data, default=str).encode())
+    dumped = json.dumps(data, default=str)
+    size = len(dumped.encode())
     if size > max_bytes:
         raise InvalidRequest([f"request is {size} bytes; the limit is {max_bytes}"])
+    if "\\u0000" in dumped and (nuls := _nul_paths(data)):
+        # PostgreSQL cannot store U+0000 in text, and no vendor wants it in a message.
+        raise InvalidRequest([f"{where}: U+0000 (NUL) is not allowed in text" for where in nuls])
     try:
         return DispatchRequest.model_validate(data)
     except ValidationError as exc:

@@ -38,6 +38,15 @@ BAD_REQUESTS = {
         lambda r: {**r, "message_payload": {**r["message_payload"], "fallback_text": "x" * 70_000}},
         "bytes; the limit is 65536",
     ),
+    # PostgreSQL cannot store U+0000 in text or jsonb: refused before it reaches the database.
+    "nul_in_payload": (
+        lambda r: {**r, "message_payload": {**r["message_payload"], "fallback_text": "a\x00b"}},
+        "message_payload.fallback_text: U+0000 (NUL) is not allowed in text",
+    ),
+    "nul_in_signal_type": (lambda r: {**r, "signal_type": "out\x00age"}, "signal_type: U+0000"),
+    "nul_in_recipient_and_channel": (
+        lambda r: {**r, "recipient": "#ops\x00", "channel": "sla\x00ck"},
+        "recipient: U+0000 (NUL) is not allowed in text; channel: U+0000"),
     "bad_timezone": (
         lambda r: {**r, "customer": {"timezone": "Mars/Olympus"}},
         "unknown IANA time zone 'Mars/Olympus'",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,17 +60,29 @@ def create_database(url: str) -> None:
         admin.dispose()
 
 
-_migrated: set[str] = set()
+_migrated: set[Engine] = set()
+#: alembic keeps its running context in module globals: two threads migrating at once break each
+#: other (KeyError 'config', "table already exists"), and PostgreSQL's advisory lock only
+#: serialises them while the engine opens transactions (SQLite has no such lock at all).
+_migrating = threading.Lock()
 
 
 def get_engine() -> Engine:
     """The engine for COMMS_DATABASE_URL, migrated to the current schema on first use."""
-    url = get_settings().comms_database_url
-    engine = engine_for(url)
-    if url not in _migrated:
-        schema.upgrade(engine)
-        _migrated.add(url)
+    engine = engine_for(get_settings().comms_database_url)
+    migrate_once(engine)
     return engine
+
+
+def migrate_once(engine: Engine) -> None:
+    """Bring `engine`'s database to the current schema, once per process, one thread at a time:
+    a worker's threads all reach their first statement together when it starts with a backlog."""
+    if engine in _migrated:
+        return
+    with _migrating:
+        if engine not in _migrated:
+            schema.upgrade(engine)
+            _migrated.add(engine)
 
 
 @contextmanager

@@ -366,13 +366,20 @@ def fail_unless_terminal(message_id: uuid.UUID, error: str) -> bool:
     return finish(message_id, "FAILED", retry_count=max(row.attempts - 1, 0), error=error)
 
 
+def _storable(text: str) -> str:
+    """PostgreSQL refuses U+0000 in text; an invalid request may carry one anywhere."""
+    return text.replace("\x00", "\ufffd")
+
+
 def reject(raw: Any, *, message_id: uuid.UUID, problems: str) -> None:
     """A request that failed validation: recorded as failed with one FAILED row, never sent."""
     fields = raw if isinstance(raw, dict) else {}
 
     def text(key: str, limit: int) -> str | None:
         value = fields.get(key)
-        return None if value is None else str(value)[:limit]
+        return None if value is None else _storable(str(value))[:limit]
+
+    problems = _storable(problems)
 
     accepted = accept(
         {"invalid_request": True, "problems": problems},
