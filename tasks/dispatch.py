@@ -3,6 +3,7 @@ attempt itself (inline receipts, a free bulkhead slot) or route it to its channe
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,9 @@ from tasks.delivery import FirstAttempt
 from tasks.outcomes import dispatch_receipt
 from worker.celery_app import app
 from worker.store import dispatches as store
+from worker.store.db import is_connection_problem
 
+log = logging.getLogger(__name__)
 #: Namespace for ids derived from others (a message's channel task, its fallback...).
 NAMESPACE = uuid.UUID("5b0c6d3e-6f6d-4d8e-9c0f-6d656f77636d")
 
@@ -27,6 +30,9 @@ NAMESPACE = uuid.UUID("5b0c6d3e-6f6d-4d8e-9c0f-6d656f77636d")
 #: Tries of comms.dispatch while PostgreSQL is unreachable: 31 s of doubling, then 120 tries
 #: 30 s apart.
 DB_OUTAGE_RETRIES = 5 + 120
+#: Tries of a request that could not be recorded for another reason (a bug, a value the database
+#: refuses) before it is closed FAILED: 1, 2, 4 s apart (scaled).
+UNRECORDED_RETRIES = 3
 
 
 def derived_id(base: uuid.UUID | str, purpose: str) -> str:
@@ -79,18 +85,23 @@ def dispatch(self: Task, request: Any) -> dict[str, Any]:
         req = req.model_copy(update={"message_id": message_id})
     with first_attempt_slot(req.channel) as inline:
         holder = f"{self.request.id}:0" if inline else None
-        accepted = store.accept(
-            req.model_dump(mode="json"),
-            message_id=message_id,
-            channel=req.channel,
-            recipient=str(req.recipient),
-            priority=req.priority,
-            signal_type=req.signal_type,
-            severity=req.severity,
-            parent_message_id=req.parent_message_id,
-            claim_for=holder,
-            lease_seconds=settings.comms_claim_lease,
-        )
+        try:
+            accepted = store.accept(
+                req.model_dump(mode="json"),
+                message_id=message_id,
+                channel=req.channel,
+                recipient=str(req.recipient),
+                priority=req.priority,
+                signal_type=req.signal_type,
+                severity=req.severity,
+                parent_message_id=req.parent_message_id,
+                claim_for=holder,
+                lease_seconds=settings.comms_claim_lease,
+            )
+        except Exception as exc:
+            if is_connection_problem(exc):
+                raise  # the autoretry above waits for the database
+            return not_recorded(self, request, message_id, req.channel, exc)
         if accepted.new and inline:
             res = FirstAttempt(self, req).run_claimed()
             return dispatch_receipt(message_id, req.channel, res["outcome"],
@@ -101,6 +112,20 @@ def dispatch(self: Task, request: Any) -> dict[str, Any]:
     if accepted.new or (accepted.state == "queued" and redelivered):
         route(req)
     return dispatch_receipt(message_id, req.channel, "queued" if accepted.new else accepted.state)
+
+
+def not_recorded(task: Task, request: Any, message_id: uuid.UUID, channel: str,
+                 exc: Exception) -> dict[str, Any]:
+    """A request the database did not take, though it answered. Acked as it is, the task message
+    would be the request's only trace and gone: try again a few times (a passing fault), then
+    record it FAILED, as an invalid request is, with the error."""
+    if task.request.retries < UNRECORDED_RETRIES:
+        log.warning("could not record %s (try %d): %r", message_id, task.request.retries + 1, exc)
+        raise task.retry(exc=exc, countdown=get_settings().scaled(2 ** task.request.retries))
+    error = f"request could not be recorded: {type(exc).__name__}: {exc}"
+    log.error("%s: %s", message_id, error, exc_info=exc)
+    store.reject(request, message_id=message_id, problems=error)
+    return dispatch_receipt(message_id, channel, "failed", error=error)
 
 
 _slots: dict[str, threading.BoundedSemaphore] = {}

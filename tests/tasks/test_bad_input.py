@@ -121,3 +121,54 @@ def test_no_secret_in_log_when_vendor_rejects_auth(producer, sandbox):
         store.get_dispatch(uuid.UUID(request["message_id"]))
     )
     assert "xoxb-sandbox-token" not in dumped
+
+
+def _accept_failing(monkeypatch, times: int) -> list[str]:
+    """Make recording a request fail `times` times with an error that is not an unreachable
+    database (a bug); recording it FAILED (reject) still works."""
+    from worker.store import dispatches
+
+    real = dispatches.accept
+    failed: list[str] = []
+
+    def accept(request, **kwargs):
+        if not request.get("invalid_request") and len(failed) < times:
+            failed.append(str(kwargs["message_id"]))
+            raise RuntimeError("injected fault while recording")
+        return real(request, **kwargs)
+
+    monkeypatch.setattr(dispatches, "accept", accept)
+    return failed
+
+
+def test_a_request_the_database_did_not_take_once_is_tried_again_and_sent(
+        producer, sandbox, monkeypatch):
+    failed = _accept_failing(monkeypatch, times=1)
+    request = slack_request()
+    producer(request)
+
+    row = terminal(request["message_id"])
+
+    assert failed == [request["message_id"]]
+    assert row["outcome"] == "SENT"
+    assert log_outcomes(request["message_id"]) == ["SENT"]
+    assert len(sandbox.requests()) == 1
+
+
+def test_a_request_the_database_never_takes_is_closed_failed_not_dropped(
+        producer, sandbox, monkeypatch):
+    from tasks.dispatch import UNRECORDED_RETRIES
+
+    failed = _accept_failing(monkeypatch, times=1000)
+    request = slack_request()
+    producer(request)
+
+    row = terminal(request["message_id"])
+
+    assert failed == [request["message_id"]] * (UNRECORDED_RETRIES + 1)
+    assert row["outcome"] == "FAILED"
+    assert row["error"] == (
+        "request could not be recorded: RuntimeError: injected fault while recording")
+    time.sleep(0.3)
+    assert log_outcomes(request["message_id"]) == ["FAILED"]
+    assert sandbox.requests() == []
