@@ -123,9 +123,10 @@ def test_no_secret_in_log_when_vendor_rejects_auth(producer, sandbox):
     assert "xoxb-sandbox-token" not in dumped
 
 
-def _accept_failing(monkeypatch, times: int) -> list[str]:
-    """Make recording a request fail `times` times with an error that is not an unreachable
-    database (a bug); recording it FAILED (reject) still works."""
+def send_while_recording_fails(monkeypatch, producer, times: int) -> tuple[str, list[str]]:
+    """Send a Slack request while recording a request fails `times` times with an error that is
+    not an unreachable database (a bug); recording it FAILED (reject) still works. Returns its
+    message_id and the message_id of each failed try."""
     from worker.store import dispatches
 
     real = dispatches.accept
@@ -138,20 +139,18 @@ def _accept_failing(monkeypatch, times: int) -> list[str]:
         return real(request, **kwargs)
 
     monkeypatch.setattr(dispatches, "accept", accept)
-    return failed
+    request = slack_request()
+    producer(request)
+    return request["message_id"], failed
 
 
 def test_a_request_the_database_did_not_take_once_is_tried_again_and_sent(
         producer, sandbox, monkeypatch):
-    failed = _accept_failing(monkeypatch, times=1)
-    request = slack_request()
-    producer(request)
+    mid, failed = send_while_recording_fails(monkeypatch, producer, times=1)
 
-    row = terminal(request["message_id"])
-
-    assert failed == [request["message_id"]]
-    assert row["outcome"] == "SENT"
-    assert log_outcomes(request["message_id"]) == ["SENT"]
+    assert terminal(mid)["outcome"] == "SENT"
+    assert failed == [mid]
+    assert log_outcomes(mid) == ["SENT"]
     assert len(sandbox.requests()) == 1
 
 
@@ -159,16 +158,13 @@ def test_a_request_the_database_never_takes_is_closed_failed_not_dropped(
         producer, sandbox, monkeypatch):
     from tasks.dispatch import UNRECORDED_RETRIES
 
-    failed = _accept_failing(monkeypatch, times=1000)
-    request = slack_request()
-    producer(request)
+    mid, failed = send_while_recording_fails(monkeypatch, producer, times=1000)
 
-    row = terminal(request["message_id"])
-
-    assert failed == [request["message_id"]] * (UNRECORDED_RETRIES + 1)
+    row = terminal(mid)
+    assert failed == [mid] * (UNRECORDED_RETRIES + 1)
     assert row["outcome"] == "FAILED"
     assert row["error"] == (
         "request could not be recorded: RuntimeError: injected fault while recording")
     time.sleep(0.3)
-    assert log_outcomes(request["message_id"]) == ["FAILED"]
+    assert log_outcomes(mid) == ["FAILED"]
     assert sandbox.requests() == []
