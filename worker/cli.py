@@ -24,6 +24,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _email(text: str) -> str:
+    """A customer's address, checked and normalised as requests and contact files are."""
+    from pydantic import EmailStr, TypeAdapter, ValidationError
+
+    try:
+        return str(TypeAdapter(EmailStr).validate_python(text))
+    except ValidationError as exc:
+        reason = exc.errors(include_url=False)[0]["msg"]
+        raise argparse.ArgumentTypeError(f"{reason}: {text[:80]!r}") from None
+
+
 def _cmd_send(args: argparse.Namespace) -> int:
     from channels.envelope import InvalidRequest
     from worker.producer import send, wait
@@ -245,10 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("file")
     imp.add_argument("--batch", type=int, default=1000, help="contacts per transaction")
     show = people_sub.add_parser("show", help="print one contact as JSON")
-    show.add_argument("email")
+    show.add_argument("email", type=_email)
     for action in ("opt-out", "opt-in"):
         consent = people_sub.add_parser(action, help=f"record a customer's {action}")
-        consent.add_argument("email")
+        consent.add_argument("email", type=_email)
         consent.add_argument("--channel", required=True, choices=sorted(CONSENT_FLAGS))
     people.set_defaults(func=_cmd_contacts)
     bench = sub.add_parser("bench", help="benchmark the real pipeline against bare Celery")

@@ -8,9 +8,17 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, EmailStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from channels.envelope import iana_zone
 from worker.store.contacts import ImportRow
@@ -19,18 +27,30 @@ CSV_COLUMNS = ("email", "name", "phone", "timezone", "sms_opt_out", "push_enable
                "email_unsubscribed", "fcm_tokens")
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("U+0000 (NUL) is not allowed in text")
+    return value
+
+
+# Text the contacts tables can hold: no longer than the column, no NUL (PostgreSQL refuses it).
+Name = Annotated[str, StringConstraints(max_length=200), AfterValidator(_no_nul)]
+Phone = Annotated[str, StringConstraints(max_length=32), AfterValidator(_no_nul)]
+Token = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_no_nul)]
+
+
 class ContactRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     email: EmailStr
-    name: str | None = None
-    phone: str | None = None
+    name: Name | None = None
+    phone: Phone | None = None
     timezone: str | None = None
     sms_opt_out: bool | None = None
     push_enabled: bool | None = None
     email_unsubscribed: bool | None = None
     #: In CSV: tokens separated by ";".
-    fcm_tokens: list[str] = []
+    fcm_tokens: list[Token] = []
 
     @field_validator("name", "phone", "timezone", "sms_opt_out", "push_enabled",
                      "email_unsubscribed", mode="before")
