@@ -128,13 +128,36 @@ def deliver(channel: Channel, n: Notification, transport: Transport) -> Outcome:
         return Retryable(str(exc))
     result = transport.send(request)
     if isinstance(result, Retryable):
-        return result
+        return recordable(result)
     outcome = channel.classify(result)
     if isinstance(outcome, InvalidRecipient) and outcome.target is None:
         target_for = getattr(channel, "target_for", None)
         if callable(target_for):
             outcome = replace(outcome, target=target_for(n))
-    return outcome
+    return recordable(outcome)
+
+
+#: comms_log.response_id holds this many characters (design.md §3).
+MAX_RESPONSE_ID = 255
+#: The most of a vendor's error text a receipt keeps.
+MAX_REASON = 2000
+
+
+def recordable(outcome: Outcome) -> Outcome:
+    """The outcome with the vendor's own words made fit for a receipt: a vendor may answer
+    anything, and a receipt that cannot be written after a send looks like a send that failed.
+    A NUL (which PostgreSQL refuses) becomes U+FFFD; an overlong id or reason is cut."""
+    if isinstance(outcome, Sent):
+        if outcome.response_id is None:
+            return outcome
+        response_id = _printable(outcome.response_id)[:MAX_RESPONSE_ID]
+        return outcome if response_id == outcome.response_id else Sent(response_id)
+    reason = _printable(outcome.reason)[:MAX_REASON]
+    return outcome if reason == outcome.reason else replace(outcome, reason=reason)
+
+
+def _printable(text: str) -> str:
+    return text.replace("\x00", "\ufffd")
 
 
 def require(value: object, variable: str) -> str:

@@ -139,3 +139,29 @@ def test_one_retry_then_sent_and_one_failed_when_two_messages_meet_faults(produc
     assert log_outcomes(flaky["message_id"]) == ["RETRYING", "SENT"]
     assert log_outcomes(broken["message_id"]) == ["FAILED"]
     assert len(sandbox.requests("slack")) == 3
+
+
+def test_receipt_keeps_a_cut_id_when_slack_answers_an_overlong_one(producer, sandbox):
+    request = slack_request()
+    sandbox.script("slack", Reply(200, {"ok": True, "ts": "1" * 300}))
+    producer(request)
+
+    row = terminal(request["message_id"])
+
+    assert row["outcome"] == "SENT"
+    assert row["response_id"] == "1" * 255
+    assert log_outcomes(request["message_id"]) == ["SENT"]
+    assert len(sandbox.requests("slack")) == 1
+
+
+def test_receipt_is_written_when_slack_error_carries_a_nul(producer, sandbox):
+    request = slack_request()
+    sandbox.script("slack", Reply(200, {"ok": False, "error": "channel\u0000gone"}))
+    producer(request)
+
+    row = terminal(request["message_id"])
+
+    assert row["outcome"] == "FAILED"
+    assert row["error"] == "slack:channel\ufffdgone"
+    assert log_outcomes(request["message_id"]) == ["FAILED"]
+    assert len(sandbox.requests("slack")) == 1
