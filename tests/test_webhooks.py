@@ -100,3 +100,31 @@ def test_forbidden_and_nothing_recorded_when_status_signature_is_wrong(receiver)
 
     assert reply.status_code == 403
     assert _found("jane@example.com").sms_opt_out is False
+
+
+def _post_raw(receiver: str, content_length: str, body: bytes = b"") -> bytes:
+    """A POST with a Content-Length of our choosing (requests would correct it)."""
+    import socket
+
+    port = int(receiver.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /sms/status HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: " + content_length.encode("latin-1") + b"\r\n\r\n" + body)
+        sock.shutdown(socket.SHUT_WR)
+        return b"".join(iter(lambda: sock.recv(4096), b""))
+
+
+@pytest.mark.parametrize(("length", "status"), [
+    ("abc", b"400"), ("-5", b"400"), ("\u00b2", b"400"), (str(64 * 1024 + 1), b"413"),
+])
+def test_refused_without_reading_when_content_length_is_bad_or_too_big(receiver, length, status):
+    reply = _post_raw(receiver, length, b"To=%2B14155550123&ErrorCode=21610")
+
+    assert reply.split(b" ", 2)[1] == status
+
+
+def test_receiver_still_serves_after_a_refused_callback(receiver):
+    _post_raw(receiver, "-1")
+
+    assert requests.get(f"{receiver}/healthz", timeout=5).text == "ok"

@@ -27,6 +27,10 @@ from worker.store import contacts
 
 log = logging.getLogger(__name__)
 
+#: The largest body a callback may have: Twilio's status callbacks are a few hundred bytes, and
+#: this endpoint faces the internet.
+MAX_BODY = 64 * 1024
+
 #: Twilio error codes in a status callback that mean the customer refuses SMS.
 OPT_OUT_CODES = frozenset({"21610"})
 
@@ -54,6 +58,17 @@ def sms_status(url: str, form: dict[str, str], signature: str, settings: Setting
     return 204
 
 
+def body_length(header: str | None) -> int | tuple[int, str]:
+    """The bytes to read for a POST, or the (status, text) refusing it: a length that is not a
+    number (a negative one would read until the client hangs up) or is over MAX_BODY."""
+    text = header or "0"
+    if not (text.isascii() and text.isdigit()):  # "²" is a digit to isdigit, not to int()
+        return 400, "Content-Length must be a number of bytes."
+    if int(text) > MAX_BODY:
+        return 413, f"The body is limited to {MAX_BODY} bytes."
+    return int(text)
+
+
 def make_handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
     base = (settings.comms_webhook_base_url or "").rstrip("/")
 
@@ -79,7 +94,11 @@ def make_handler(settings: Settings) -> type[BaseHTTPRequestHandler]:
                 self._reply(404, "not found")
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
+            length = body_length(self.headers.get("Content-Length"))
+            if isinstance(length, tuple):
+                self.close_connection = True  # an unread body must not be taken for a request
+                self._reply(*length)
+                return
             raw = self.rfile.read(length).decode("utf-8", "replace")
             parts = urlsplit(self.path)
             if parts.path == "/email/unsubscribe":  # one-click unsubscribe (RFC 8058) posts
