@@ -23,6 +23,7 @@ from worker.store import dispatches as store
 from worker.store.db import is_connection_problem
 
 log = logging.getLogger(__name__)
+
 #: Namespace for ids derived from others (a message's channel task, its fallback...).
 NAMESPACE = uuid.UUID("5b0c6d3e-6f6d-4d8e-9c0f-6d656f77636d")
 
@@ -31,7 +32,8 @@ NAMESPACE = uuid.UUID("5b0c6d3e-6f6d-4d8e-9c0f-6d656f77636d")
 #: 30 s apart.
 DB_OUTAGE_RETRIES = 5 + 120
 #: Tries of a request that could not be recorded for another reason (a bug, a value the database
-#: refuses) before it is closed FAILED: 1, 2, 4 s apart (scaled).
+#: refuses) before it is closed FAILED: 1, 2, 4 s apart (scaled). Counted over all of the task's
+#: tries, so a request that already waited out a database outage gets fewer.
 UNRECORDED_RETRIES = 3
 
 
