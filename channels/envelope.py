@@ -182,6 +182,25 @@ class InvalidRequest(ValueError):
         super().__init__("invalid request: " + "; ".join(problems))
 
 
+#: Objects and arrays inside each other, at most (PagerDuty's custom_details is free JSON).
+MAX_NESTING = 32
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest in `value` more than `limit` levels deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in item)
+    return False
+
+
 def _nul_paths(value: Any, where: str = "") -> list[str]:
     """Where a NUL character hides in a JSON value (in a string or a key), as field paths."""
     if isinstance(value, str):
@@ -209,6 +228,10 @@ def parse_request(data: Any, *, max_bytes: int) -> DispatchRequest:
     """The request as a DispatchRequest, or InvalidRequest saying what is wrong with it."""
     if not isinstance(data, dict):
         raise InvalidRequest([f"request must be a JSON object, not {type(data).__name__}"])
+    if _deeper_than(data, MAX_NESTING):
+        # Checked first, without recursion: deep enough, json.dumps and the checks below would
+        # raise RecursionError, and the request would be lost instead of refused.
+        raise InvalidRequest([f"request is nested deeper than {MAX_NESTING} levels"])
     dumped = json.dumps(data, default=str)
     size = len(dumped.encode())
     if size > max_bytes:

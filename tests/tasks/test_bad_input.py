@@ -16,6 +16,13 @@ def _drop(request: dict[str, object], key: str) -> dict[str, object]:
     return {k: v for k, v in request.items() if k != key}
 
 
+def _nested(levels: int) -> object:
+    value: object = "x"
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
 BAD_REQUESTS = {
     "missing_recipient": (lambda r: _drop(r, "recipient"), "recipient: Field required"),
     "missing_payload": (lambda r: _drop(r, "message_payload"), "message_payload: Field required"),
@@ -47,6 +54,11 @@ BAD_REQUESTS = {
     "nul_in_recipient_and_channel": (
         lambda r: {**r, "recipient": "#ops\x00", "channel": "sla\x00ck"},
         "recipient: U+0000 (NUL) is not allowed in text; channel: U+0000"),
+    # Deep enough, json.dumps raised RecursionError inside the task and the message was lost.
+    "nested_too_deep": (
+        lambda r: {**r, "message_payload": {**r["message_payload"], "x": _nested(40)}},
+        "request is nested deeper than 32 levels",
+    ),
     "bad_timezone": (
         lambda r: {**r, "customer": {"timezone": "Mars/Olympus"}},
         "unknown IANA time zone 'Mars/Olympus'",
