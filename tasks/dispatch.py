@@ -79,7 +79,12 @@ def dispatch(self: Task, request: Any) -> dict[str, Any]:
     message_id = usable_message_id(request, self.request.id or str(uuid.uuid4()))
     try:
         req = parse_request(request, max_bytes=settings.comms_max_request_bytes)
-    except InvalidRequest as exc:
+    except Exception as exc:
+        # InvalidRequest says what is wrong; anything else is a request the checks could not
+        # cope with (a bug): refused all the same, never lost with the acked task message.
+        if not isinstance(exc, InvalidRequest):
+            log.exception("request %s could not be checked", message_id)
+            exc = InvalidRequest([f"the request could not be checked: {type(exc).__name__}"])
         store.reject(request, message_id=message_id, problems=str(exc))
         channel = request.get("channel") if isinstance(request, dict) else None
         return dispatch_receipt(message_id, str(channel or "unknown"), "failed", error=str(exc))

@@ -180,3 +180,20 @@ def test_a_request_the_database_never_takes_is_closed_failed_not_dropped(
     time.sleep(0.3)
     assert log_outcomes(mid) == ["FAILED"]
     assert sandbox.requests() == []
+
+
+def test_refused_with_failed_row_when_checking_the_request_breaks(producer, sandbox, monkeypatch):
+    import tasks.dispatch
+
+    def broken(data, *, max_bytes):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(tasks.dispatch, "parse_request", broken)
+    request = slack_request()
+    producer(request)
+
+    row = terminal(request["message_id"])
+
+    assert row["outcome"] == "FAILED"
+    assert row["error"] == "invalid request: the request could not be checked: RecursionError"
+    assert sandbox.requests() == []
