@@ -150,13 +150,14 @@ def recordable(outcome: Outcome) -> Outcome:
     if isinstance(outcome, Sent):
         if outcome.response_id is None:
             return outcome
-        response_id = _printable(outcome.response_id)[:MAX_RESPONSE_ID]
+        response_id = without_nul(outcome.response_id)[:MAX_RESPONSE_ID]
         return outcome if response_id == outcome.response_id else Sent(response_id)
-    reason = _printable(outcome.reason)[:MAX_REASON]
+    reason = without_nul(outcome.reason)[:MAX_REASON]
     return outcome if reason == outcome.reason else replace(outcome, reason=reason)
 
 
-def _printable(text: str) -> str:
+def without_nul(text: str) -> str:
+    """`text` with each NUL (which PostgreSQL refuses in text) replaced by U+FFFD."""
     return text.replace("\x00", "\ufffd")
 
 

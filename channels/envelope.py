@@ -182,6 +182,8 @@ class InvalidRequest(ValueError):
         super().__init__("invalid request: " + "; ".join(problems))
 
 
+#: Why a text with a NUL is refused (PostgreSQL cannot store U+0000 in text).
+NUL_REFUSED = "U+0000 (NUL) is not allowed in text"
 #: Objects and arrays inside each other, at most (PagerDuty's custom_details is free JSON).
 MAX_NESTING = 32
 
@@ -238,7 +240,7 @@ def parse_request(data: Any, *, max_bytes: int) -> DispatchRequest:
         raise InvalidRequest([f"request is {size} bytes; the limit is {max_bytes}"])
     if "\\u0000" in dumped and (nuls := _nul_paths(data)):
         # PostgreSQL cannot store U+0000 in text, and no vendor wants it in a message.
-        raise InvalidRequest([f"{where}: U+0000 (NUL) is not allowed in text" for where in nuls])
+        raise InvalidRequest([f"{where}: {NUL_REFUSED}" for where in nuls])
     try:
         return DispatchRequest.model_validate(data)
     except ValidationError as exc:

@@ -20,7 +20,7 @@ from pydantic import (
     field_validator,
 )
 
-from channels.envelope import iana_zone
+from channels.envelope import NUL_REFUSED, iana_zone
 from worker.store.contacts import ImportRow
 
 CSV_COLUMNS = ("email", "name", "phone", "timezone", "sms_opt_out", "push_enabled",
@@ -29,7 +29,7 @@ CSV_COLUMNS = ("email", "name", "phone", "timezone", "sms_opt_out", "push_enable
 
 def _no_nul(value: str) -> str:
     if "\x00" in value:
-        raise ValueError("U+0000 (NUL) is not allowed in text")
+        raise ValueError(NUL_REFUSED)
     return value
 
 

@@ -17,6 +17,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from channels.base import without_nul
 from worker.store.db import transaction
 from worker.store.models import (
     TERMINAL_OUTCOMES,
@@ -366,20 +367,15 @@ def fail_unless_terminal(message_id: uuid.UUID, error: str) -> bool:
     return finish(message_id, "FAILED", retry_count=max(row.attempts - 1, 0), error=error)
 
 
-def _storable(text: str) -> str:
-    """PostgreSQL refuses U+0000 in text; an invalid request may carry one anywhere."""
-    return text.replace("\x00", "\ufffd")
-
-
 def reject(raw: Any, *, message_id: uuid.UUID, problems: str) -> None:
     """A request that failed validation: recorded as failed with one FAILED row, never sent."""
     fields = raw if isinstance(raw, dict) else {}
 
     def text(key: str, limit: int) -> str | None:
         value = fields.get(key)
-        return None if value is None else _storable(str(value))[:limit]
+        return None if value is None else without_nul(str(value))[:limit]
 
-    problems = _storable(problems)
+    problems = without_nul(problems)  # an invalid request may carry a NUL anywhere
 
     accepted = accept(
         {"invalid_request": True, "problems": problems},
