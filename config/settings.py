@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     #: past it a thread waits for a free connection instead of failing (docs/operations.md).
     comms_db_pool_size: int = Field(default=10, ge=1)
     comms_db_max_overflow: int = Field(default=10, ge=0)
+    #: PostgreSQL: threads accepting requests or writing receipts at the same moment share one
+    #: statement and one commit (worker/store/group_commit.py). Off: one transaction each.
+    comms_db_group_commit: bool = True
     #: HTTP timeouts (s) for every vendor call: connect, read.
     comms_http_connect_timeout: float = 5.0
     comms_http_read_timeout: float = 30.0

@@ -7,8 +7,9 @@ the reconciling sweep may all try and still only one terminal row exists.
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -18,7 +19,9 @@ from sqlalchemy import Connection, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from channels.base import without_nul
-from worker.store.db import transaction
+from config.settings import get_settings
+from worker.store.db import get_engine, transaction
+from worker.store.group_commit import GroupCommit
 from worker.store.models import (
     TERMINAL_OUTCOMES,
     TERMINAL_STATES,
@@ -147,6 +150,60 @@ def _stmts(conn: Connection) -> _Statements:
     return _built(conn.dialect.name)
 
 
+# -- group commit (PostgreSQL): one statement for every thread writing at the same moment -------
+# Arrays in, unnest() to rows: the statement's text is the same for any batch size, so psycopg2
+# only adapts the parameters, and one round trip carries the batch.
+
+_TERMINAL_STATES_SQL = ", ".join(f"'{s}'" for s in TERMINAL_STATES)
+_TERMINAL_OUTCOMES_SQL = ", ".join(f"'{s}'" for s in TERMINAL_OUTCOMES)
+
+_ACCEPT_MANY = """
+INSERT INTO dispatches (message_id, channel, recipient, priority, signal_type, severity,
+    parent_message_id, request, state, claimed_by, lease_until, attempts, replays, parkings,
+    created_at, updated_at)
+SELECT mid, channel, recipient, priority, signal_type, severity, parent, request::json, state,
+    holder, lease_until, attempts, 0, 0, now, now
+FROM unnest(%(mid)s::uuid[], %(channel)s::text[], %(recipient)s::text[], %(priority)s::text[],
+    %(signal_type)s::text[], %(severity)s::text[], %(parent)s::uuid[], %(request)s::text[],
+    %(state)s::text[], %(holder)s::text[], %(lease_until)s::timestamptz[],
+    %(attempts)s::int[], %(now)s::timestamptz[])
+    AS i(mid, channel, recipient, priority, signal_type, severity, parent, request, state,
+         holder, lease_until, attempts, now)
+ON CONFLICT (message_id) DO NOTHING
+RETURNING message_id
+"""
+
+_STATES = "SELECT message_id, state FROM dispatches WHERE message_id = ANY(%(mid)s::uuid[])"
+
+_FINISH_MANY = f"""
+WITH i AS (
+    SELECT * FROM unnest(%(mid)s::uuid[], %(state)s::text[], %(outcome)s::text[],
+        %(response_id)s::text[], %(error)s::text[], %(retry_count)s::int[],
+        %(now)s::timestamptz[])
+        AS i(mid, state, outcome, response_id, error, retry_count, now)
+), done AS (
+    UPDATE dispatches d
+    SET state = i.state, response_id = i.response_id, error = i.error, claimed_by = NULL,
+        lease_until = NULL, updated_at = i.now
+    FROM i
+    WHERE d.message_id = i.mid AND d.state NOT IN ({_TERMINAL_STATES_SQL})
+    RETURNING d.message_id, d.recipient, d.channel, d.signal_type, d.severity,
+        d.parent_message_id, i.outcome, i.now, i.response_id, i.retry_count, i.error
+)
+INSERT INTO comms_log (message_id, recipient, channel, signal_type, severity, outcome,
+    dispatched_at, response_id, retry_count, error, parent_message_id)
+SELECT message_id, recipient, channel, signal_type, severity, outcome, now, response_id,
+    retry_count, error, parent_message_id
+FROM done
+ON CONFLICT (message_id) WHERE outcome IN ({_TERMINAL_OUTCOMES_SQL}) DO NOTHING
+RETURNING message_id
+"""
+
+
+def _grouped() -> bool:
+    return get_settings().comms_db_group_commit and get_engine().dialect.name == "postgresql"
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     new: bool
@@ -175,20 +232,57 @@ def accept(
     claiming = claim_for is not None
     if claiming:
         state = "sending"
+    binds = {
+        "b_mid": message_id, "b_channel": channel, "b_recipient": recipient,
+        "b_priority": priority, "b_signal_type": signal_type, "b_severity": severity,
+        "b_parent": parent_message_id, "b_request": request,
+        "b_state": state, "b_holder": claim_for,
+        "b_lease_until": now + timedelta(seconds=lease_seconds) if claiming else None,
+        "b_attempts": 1 if claiming else 0, "b_now": now,
+    }
+    if _grouped():
+        return _accept_group(binds)
+    return _accept_one(binds)
+
+
+def _accept_one(binds: dict[str, Any]) -> Accepted:
     with transaction() as conn:
         st = _stmts(conn)
-        inserted = conn.execute(st.accept, {
-            "b_mid": message_id, "b_channel": channel, "b_recipient": recipient,
-            "b_priority": priority, "b_signal_type": signal_type, "b_severity": severity,
-            "b_parent": parent_message_id, "b_request": request,
-            "b_state": state, "b_holder": claim_for,
-            "b_lease_until": now + timedelta(seconds=lease_seconds) if claiming else None,
-            "b_attempts": 1 if claiming else 0, "b_now": now,
-        }).first()
-        if inserted is not None:
-            return Accepted(True, state)
-        current = conn.execute(st.state, {"b_mid": message_id}).scalar_one()
+        if conn.execute(st.accept, binds).first() is not None:
+            return Accepted(True, binds["b_state"])
+        current = conn.execute(st.state, {"b_mid": binds["b_mid"]}).scalar_one()
         return Accepted(False, current)
+
+
+def _accept_many(batch: Sequence[dict[str, Any]]) -> list[Accepted]:
+    """`_accept_one` for many requests: one INSERT and at most one SELECT, one transaction."""
+    def column(key: str) -> list[Any]:
+        return [b[key] for b in batch]
+
+    with transaction() as conn:
+        inserted = {uuid.UUID(str(m)) for m in conn.exec_driver_sql(_ACCEPT_MANY, {
+            "mid": [str(m) for m in column("b_mid")], "channel": column("b_channel"),
+            "recipient": column("b_recipient"), "priority": column("b_priority"),
+            "signal_type": column("b_signal_type"), "severity": column("b_severity"),
+            "parent": [None if p is None else str(p) for p in column("b_parent")],
+            "request": [json.dumps(r) for r in column("b_request")],
+            "state": column("b_state"), "holder": column("b_holder"),
+            "lease_until": column("b_lease_until"), "attempts": column("b_attempts"),
+            "now": column("b_now"),
+        }).scalars()}
+        # A message twice in one batch (a redelivery racing the original) is new only once.
+        first: dict[uuid.UUID, int] = {}
+        for i, b in enumerate(batch):
+            first.setdefault(b["b_mid"], i)
+        repeats = [str(b["b_mid"]) for i, b in enumerate(batch)
+                   if b["b_mid"] not in inserted or first[b["b_mid"]] != i]
+        states = {uuid.UUID(str(m)): state for m, state in conn.exec_driver_sql(
+            _STATES, {"mid": repeats}).all()} if repeats else {}
+    return [
+        Accepted(True, b["b_state"]) if b["b_mid"] in inserted and first[b["b_mid"]] == i
+        else Accepted(False, states[b["b_mid"]])
+        for i, b in enumerate(batch)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,15 +399,18 @@ def finish(
     transaction). Returns whether a terminal row was written now."""
     now = utcnow()
     binds = {"b_mid": message_id, "b_state": STATE_FOR[outcome], "b_response_id": response_id,
-             "b_error": error, "b_now": now}
+             "b_error": error, "b_now": now, "l_outcome": outcome, "l_dispatched_at": now,
+             "l_response_id": response_id, "l_retry_count": retry_count, "l_error": error}
+    if write_receipt and _grouped():
+        return _finish_group(binds)
+    return _finish_one(binds, write_receipt=write_receipt)
+
+
+def _finish_one(binds: dict[str, Any], *, write_receipt: bool = True) -> bool:
     with transaction() as conn:
         st = _stmts(conn)
         if write_receipt and st.finish_and_log is not None:
-            written = conn.execute(st.finish_and_log, {
-                **binds, "l_outcome": outcome, "l_dispatched_at": now,
-                "l_response_id": response_id, "l_retry_count": retry_count, "l_error": error,
-            }).first()
-            if written is not None:
+            if conn.execute(st.finish_and_log, binds).first() is not None:
                 return True
             # Nothing written: the state is terminal now (the UPDATE below could not match), and
             # the insert from the stored row only fills a missing terminal row.
@@ -323,10 +420,42 @@ def finish(
             if not write_receipt:
                 return False
         if row is None:  # already terminal: the insert below is a no-op unless its row is missing
-            row = _dispatch_row(conn, message_id)
+            row = _dispatch_row(conn, binds["b_mid"])
         return _write_terminal(
-            conn, row, outcome, response_id=response_id, retry_count=retry_count, error=error
+            conn, row, binds["l_outcome"], response_id=binds["l_response_id"],
+            retry_count=binds["l_retry_count"], error=binds["l_error"],
         )
+
+
+def _finish_many(batch: Sequence[dict[str, Any]]) -> list[bool]:
+    """`_finish_one` for many messages: the state changes and the terminal rows in one statement.
+    A message it did not settle (already terminal, or twice in the batch) goes the one-row way
+    afterwards, which fills a missing terminal row exactly as a lone call would."""
+    once = list({b["b_mid"]: b for b in reversed(batch)}.values())  # first of each message
+    with transaction() as conn:
+        written = {uuid.UUID(str(m)) for m in conn.exec_driver_sql(_FINISH_MANY, {
+            "mid": [str(b["b_mid"]) for b in once],
+            "state": [b["b_state"] for b in once],
+            "outcome": [b["l_outcome"] for b in once],
+            "response_id": [b["b_response_id"] for b in once],
+            "error": [b["b_error"] for b in once],
+            "retry_count": [b["l_retry_count"] for b in once],
+            "now": [b["b_now"] for b in once],
+        }).scalars()}
+    settled: set[uuid.UUID] = set()
+    results = []
+    for b in batch:
+        mid = b["b_mid"]
+        if mid in written and mid not in settled:
+            settled.add(mid)
+            results.append(True)
+        else:
+            results.append(_finish_one(b))
+    return results
+
+
+_accept_group = GroupCommit(_accept_many, _accept_one)
+_finish_group = GroupCommit(_finish_many, _finish_one)
 
 
 def write_terminal_receipt(

@@ -1,0 +1,286 @@
+"""Group commit: threads writing at the same moment share one statement, and each still gets its
+own answer only after its own row is committed. The primitive first (plain callables, batches
+forced by holding the leader), then the store's batched writes on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DataError, OperationalError
+
+from tests.conftest import wait_for
+from worker.store.group_commit import GroupCommit
+
+
+class Held:
+    """A GroupCommit whose first batch waits until `release()`, so later calls queue up behind it
+    and are written together in the next batch."""
+
+    def __init__(self, write_many: Callable[[Sequence[Any]], Sequence[Any]],
+                 write_one: Callable[[Any], Any], *, max_batch: int = 256) -> None:
+        self.batches: list[list[Any]] = []
+        self.gate = threading.Event()
+
+        def held_write_many(items: Sequence[Any]) -> Sequence[Any]:
+            if not self.batches:
+                self.gate.wait(10)
+            self.batches.append(list(items))
+            return write_many(items)
+
+        self.group = GroupCommit(held_write_many, write_one, max_batch=max_batch)
+        self.results: dict[Any, Any] = {}
+
+    def call(self, key: Any, item: Any) -> threading.Thread:
+        def run() -> None:
+            try:
+                self.results[key] = self.group(item)
+            except BaseException as exc:  # the test inspects what each caller got
+                self.results[key] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    def run_together(self, first: Any, items: dict[Any, Any]) -> dict[Any, Any]:
+        """`first` alone in the held batch, then `items` queued behind it, written together."""
+        threads = [self.call("first", first)]
+        wait_for(lambda: bool(self.batches) or self.group._writing, timeout=5)
+        threads += [self.call(key, item) for key, item in items.items()]
+        wait_for(lambda: len(self.group._queue) == len(items), timeout=5)
+        self.gate.set()
+        for t in threads:
+            t.join(10)
+        assert not any(t.is_alive() for t in threads)
+        return self.results
+
+
+# -- the primitive ------------------------------------------------------------------------------
+
+
+def test_callers_queued_behind_a_write_share_the_next_one_and_get_their_own_results() -> None:
+    held = Held(lambda items: [x * 10 for x in items], lambda x: -1)
+    results = held.run_together(0, {k: k for k in range(1, 6)})
+    assert held.batches[0] == [0]
+    assert sorted(held.batches[1]) == [1, 2, 3, 4, 5]
+    assert len(held.batches) == 2
+    assert results == {"first": 0, 1: 10, 2: 20, 3: 30, 4: 40, 5: 50}
+
+
+def test_a_row_the_batch_cannot_take_fails_only_its_own_caller() -> None:
+    def write_many(items: Sequence[int]) -> list[int]:
+        if 13 in items:
+            raise ValueError("13 refused")
+        return list(items)
+
+    def write_one(x: int) -> int:
+        return write_many([x])[0]
+
+    held = Held(write_many, write_one)
+    results = held.run_together(0, {1: 1, 13: 13, 2: 2})
+    assert results["first"] == 0 and results[1] == 1 and results[2] == 2
+    assert isinstance(results[13], ValueError)
+
+
+def test_an_unreachable_database_fails_the_whole_batch_without_writing_rows_one_by_one() -> None:
+    written_alone: list[int] = []
+
+    def write_many(items: Sequence[int]) -> list[int]:
+        if len(items) > 1:
+            raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+        return list(items)
+
+    held = Held(write_many, written_alone.append)
+    results = held.run_together(0, {1: 1, 2: 2})
+    assert results["first"] == 0
+    assert isinstance(results[1], OperationalError) and isinstance(results[2], OperationalError)
+    assert written_alone == []
+
+
+def test_a_batch_is_at_most_max_batch_and_every_caller_is_answered() -> None:
+    held = Held(lambda items: list(items), lambda x: x, max_batch=2)
+    results = held.run_together(0, {k: k for k in range(1, 6)})
+    assert [len(b) for b in held.batches] == [1, 2, 2, 1]
+    expected: dict[Any, int] = {"first": 0, **{k: k for k in range(1, 6)}}
+    assert results == expected
+
+
+def test_an_interrupted_batch_answers_its_callers_instead_of_leaving_them_waiting() -> None:
+    class Interrupted(BaseException):
+        pass
+
+    def write_many(items: Sequence[int]) -> list[int]:
+        if len(items) > 1:
+            raise Interrupted
+        return list(items)
+
+    held = Held(write_many, lambda x: x)
+    results = held.run_together(0, {1: 1, 2: 2})
+    leader = [r for r in (results[1], results[2]) if isinstance(r, Interrupted)]
+    follower = [r for r in (results[1], results[2]) if isinstance(r, RuntimeError)]
+    assert len(leader) == 1 and len(follower) == 1
+    assert "interrupted" in str(follower[0])
+    # The group still works afterwards.
+    assert held.group(7) == 7
+
+
+# -- the store's batched writes on PostgreSQL ---------------------------------------------------
+
+
+def accept_binds(mid: uuid.UUID, **overrides: Any) -> dict[str, Any]:
+    from worker.store.models import utcnow
+
+    now = utcnow()
+    binds = {
+        "b_mid": mid, "b_channel": "slack", "b_recipient": "#ops", "b_priority": "high",
+        "b_signal_type": "outage", "b_severity": "critical", "b_parent": None,
+        "b_request": {"channel": "slack", "text": f"m {mid}"}, "b_state": "sending",
+        "b_holder": f"task-{mid}:0", "b_lease_until": now + timedelta(seconds=60),
+        "b_attempts": 1, "b_now": now,
+    }
+    binds.update(overrides)
+    return binds
+
+
+def finish_binds(mid: uuid.UUID, outcome: str = "SENT", response_id: str | None = "r-1",
+                 error: str | None = None, retry_count: int = 0) -> dict[str, Any]:
+    from worker.store.dispatches import STATE_FOR
+    from worker.store.models import utcnow
+
+    now = utcnow()
+    return {"b_mid": mid, "b_state": STATE_FOR[outcome], "b_response_id": response_id,
+            "b_error": error, "b_now": now, "l_outcome": outcome, "l_dispatched_at": now,
+            "l_response_id": response_id, "l_retry_count": retry_count, "l_error": error}
+
+
+def rows(sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    from worker.store.db import get_engine
+
+    with get_engine().connect() as conn:
+        return [tuple(r) for r in conn.execute(text(sql), params)]
+
+
+@pytest.mark.usefixtures("clean")
+def test_accepting_many_records_each_request_once_and_reports_repeats() -> None:
+    from worker.store.dispatches import Accepted, _accept_many, _accept_one
+
+    old, new, twice = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    _accept_one(accept_binds(old, b_state="queued", b_holder=None, b_lease_until=None,
+                             b_attempts=0))
+    got = _accept_many([accept_binds(new), accept_binds(old), accept_binds(twice),
+                        accept_binds(twice, b_holder="redelivered:0")])
+    assert got == [Accepted(True, "sending"), Accepted(False, "queued"),
+                   Accepted(True, "sending"), Accepted(False, "sending")]
+    stored = rows("SELECT message_id, channel, recipient, priority, signal_type, severity, "
+                  "state, claimed_by, attempts, replays, parkings, request::text "
+                  "FROM dispatches WHERE message_id = :m", m=new)
+    assert stored == [(new, "slack", "#ops", "high", "outage", "critical", "sending",
+                       f"task-{new}:0", 1, 0, 0, f'{{"channel": "slack", "text": "m {new}"}}')]
+    assert rows("SELECT claimed_by FROM dispatches WHERE message_id = :m", m=twice) == [
+        (f"task-{twice}:0",)]
+
+
+@pytest.mark.usefixtures("clean")
+def test_finishing_many_writes_one_terminal_row_each_and_fills_only_missing_ones() -> None:
+    from worker.store.dispatches import _accept_many, _finish_many, _finish_one
+
+    sent, failed, done_before, twice = (uuid.uuid4() for _ in range(4))
+    _accept_many([accept_binds(m) for m in (sent, failed, done_before, twice)])
+    assert _finish_one(finish_binds(done_before, response_id="first")) is True
+
+    got = _finish_many([
+        finish_binds(sent, response_id="ts-1", retry_count=2),
+        finish_binds(failed, "FAILED", response_id=None, error="HTTP 400: bad"),
+        finish_binds(done_before, response_id="second"),
+        finish_binds(twice, response_id="a"),
+        finish_binds(twice, response_id="b"),
+    ])
+    assert got == [True, True, False, True, False]
+    log = rows("SELECT message_id, outcome, response_id, retry_count, error, channel, recipient, "
+               "signal_type, severity FROM comms_log ORDER BY id")
+    assert sorted(log, key=lambda r: str(r[0])) == sorted([
+        (done_before, "SENT", "first", 0, None, "slack", "#ops", "outage", "critical"),
+        (sent, "SENT", "ts-1", 2, None, "slack", "#ops", "outage", "critical"),
+        (failed, "FAILED", None, 0, "HTTP 400: bad", "slack", "#ops", "outage", "critical"),
+        (twice, "SENT", "a", 0, None, "slack", "#ops", "outage", "critical"),
+    ], key=lambda r: str(r[0]))
+    states = {r[0]: r[1] for r in rows("SELECT message_id, state FROM dispatches")}
+    assert states == {sent: "sent", failed: "failed", done_before: "sent", twice: "sent"}
+    assert rows("SELECT claimed_by, lease_until FROM dispatches WHERE message_id = :m",
+                m=sent) == [(None, None)]
+
+
+@pytest.mark.usefixtures("clean")
+def test_a_terminal_state_without_its_row_gets_the_row_in_a_batch_too() -> None:
+    from worker.store.dispatches import _accept_many, _finish_many
+
+    mid = uuid.uuid4()
+    _accept_many([accept_binds(mid)])
+    from worker.store.db import get_engine
+
+    with get_engine().begin() as conn:
+        conn.execute(text("UPDATE dispatches SET state = 'sent' WHERE message_id = :m"),
+                     {"m": mid})
+    assert _finish_many([finish_binds(mid, response_id="late")]) == [True]
+    assert rows("SELECT outcome, response_id FROM comms_log WHERE message_id = :m", m=mid) == [
+        ("SENT", "late")]
+
+
+@pytest.mark.usefixtures("clean")
+def test_a_request_the_database_refuses_fails_alone_and_its_batch_is_recorded() -> None:
+    from worker.store.dispatches import Accepted, _accept_many, _accept_one
+
+    good, bad, also_good, first = (uuid.uuid4() for _ in range(4))
+    held = Held(_accept_many, _accept_one)
+    results = held.run_together(accept_binds(first), {
+        good: accept_binds(good),
+        bad: accept_binds(bad, b_priority="far-too-long-for-the-column"),
+        also_good: accept_binds(also_good),
+    })
+    assert len(held.batches[1]) == 3  # written together, refused together, then one by one
+    assert results[good] == results[also_good] == results["first"] == Accepted(True, "sending")
+    assert isinstance(results[bad], DataError)
+    accepted = {r[0] for r in rows("SELECT message_id FROM dispatches")}
+    assert accepted == {first, good, also_good}
+
+
+@pytest.mark.usefixtures("clean")
+@pytest.mark.parametrize("grouped", [True, False], ids=["group-commit", "one-by-one"])
+def test_threads_accepting_and_finishing_at_once_each_get_exactly_their_rows(
+    grouped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config.settings import get_settings
+    from worker.store import dispatches as store
+
+    monkeypatch.setattr(get_settings(), "comms_db_group_commit", grouped)
+    mids = [uuid.uuid4() for _ in range(48)]
+    start = threading.Barrier(len(mids))
+    answers: dict[uuid.UUID, tuple[Any, ...]] = {}
+
+    def one_message(mid: uuid.UUID) -> None:
+        start.wait()
+        first = store.accept({"n": str(mid)}, message_id=mid, channel="slack", recipient="#ops",
+                             priority="high", signal_type=None, severity=None,
+                             parent_message_id=None, claim_for=f"t-{mid}:0", lease_seconds=60)
+        again = store.accept({"n": str(mid)}, message_id=mid, channel="slack", recipient="#ops",
+                             priority="high", signal_type=None, severity=None,
+                             parent_message_id=None, claim_for=f"u-{mid}:0", lease_seconds=60)
+        written = store.finish(mid, "SENT", response_id=f"r-{mid}")
+        repeated = store.finish(mid, "SENT", response_id="other")
+        answers[mid] = (first, again, written, repeated)
+
+    threads = [threading.Thread(target=one_message, args=(m,)) for m in mids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    expected = (store.Accepted(True, "sending"), store.Accepted(False, "sending"), True, False)
+    assert answers == dict.fromkeys(mids, expected)
+    log = rows("SELECT message_id, outcome, response_id FROM comms_log")
+    assert sorted(log, key=lambda r: str(r[0])) == sorted(
+        [(m, "SENT", f"r-{m}") for m in mids], key=lambda r: str(r[0]))

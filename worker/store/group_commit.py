@@ -1,0 +1,105 @@
+"""Group commit: threads that make the same write at the same moment share one statement and one
+transaction, each still returning only once its own row is committed.
+
+A worker runs dozens of threads; under load many of them are waiting to write the same kind of row.
+Executing a statement costs the client ≈ 0.6 ms of CPU whether it carries one row or fifty
+(docs/scaling.md), so the first thread to arrive (the leader) writes every row queued behind it in
+one statement, and the others wait for its commit. Nobody returns before their row is committed,
+so a task is still acknowledged only after its own write: a crash loses nothing a per-row write
+would not have lost, and redelivery finds what was committed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+from worker.store.db import is_connection_problem
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+_UNSET = object()
+
+
+class _Slot(Generic[Item]):
+    __slots__ = ("error", "item", "result")
+
+    def __init__(self, item: Item) -> None:
+        self.item = item
+        self.result: object = _UNSET
+        self.error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not _UNSET or self.error is not None
+
+
+class GroupCommit(Generic[Item, Result]):
+    """Call `write_many` with every item submitted while the previous batch was being written.
+
+    `write_many(items)` writes them all in one transaction and returns one result per item, in
+    order. When it fails for a reason other than an unreachable database (a row the database
+    refuses), each item is written alone with `write_one`, so one bad row fails only its caller.
+    An unreachable database fails the whole batch; each caller then retries as it would have.
+    """
+
+    def __init__(
+        self,
+        write_many: Callable[[Sequence[Item]], Sequence[Result]],
+        write_one: Callable[[Item], Result],
+        *,
+        max_batch: int = 256,
+    ) -> None:
+        self._write_many = write_many
+        self._write_one = write_one
+        self._max_batch = max_batch
+        self._lock = threading.Lock()
+        self._turn = threading.Condition(self._lock)
+        self._queue: list[_Slot[Item]] = []
+        self._writing = False
+
+    def __call__(self, item: Item) -> Result:
+        slot = _Slot(item)
+        with self._lock:
+            self._queue.append(slot)
+        while not slot.done:
+            with self._lock:
+                while self._writing and not slot.done:
+                    self._turn.wait()
+                if slot.done:
+                    break
+                # No batch in flight: lead one, with what is queued (this slot may be past the
+                # batch's end, then it leads again).
+                batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
+                self._writing = True
+            try:
+                self._write(batch)
+            finally:
+                with self._lock:
+                    for s in batch:  # interrupted (BaseException): nobody waits forever
+                        if not s.done:
+                            s.error = RuntimeError("the group write was interrupted")
+                    self._writing = False
+                    self._turn.notify_all()
+        if slot.error is not None:
+            raise slot.error
+        return slot.result  # type: ignore[return-value]
+
+    def _write(self, batch: list[_Slot[Item]]) -> None:
+        try:
+            results = self._write_many([s.item for s in batch])
+        except Exception as exc:
+            if len(batch) == 1 or is_connection_problem(exc):
+                for s in batch:
+                    s.error = exc
+                return
+            for s in batch:  # find the row the database refused; the others succeed alone
+                try:
+                    s.result = self._write_one(s.item)
+                except Exception as one_exc:
+                    s.error = one_exc
+            return
+        for s, result in zip(batch, results, strict=True):
+            s.result = result
