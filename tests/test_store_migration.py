@@ -1,8 +1,10 @@
-"""A worker's threads reach the database together when it starts with a backlog: the first-use
-migration must run once and the others wait for it, on SQLite and on PostgreSQL."""
+"""A worker's threads reach the database together when it starts with a backlog: the process must
+build one engine, and the first-use migration must run once while the others wait for it, on
+SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -82,3 +84,34 @@ def test_threads_starting_together_migrate_a_new_postgres_database_once(
         fresh_postgres: Engine) -> None:
     assert migrate_together(fresh_postgres) == []
     assert_migrated(fresh_postgres)
+
+
+def test_threads_starting_together_share_one_engine(fresh_postgres: Engine) -> None:
+    from worker.store.db import engine_for
+
+    url = fresh_postgres.url.render_as_string(hide_password=False)
+    start = threading.Barrier(THREADS)
+    engines: list[Engine] = []
+
+    def first_use() -> None:
+        start.wait()
+        engines.append(engine_for(url))
+
+    threads = [threading.Thread(target=first_use) for _ in range(THREADS)]
+    # Switch threads as often as the interpreter can: a worker's first build also imports the
+    # dialect, a long window for the other threads to arrive.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        sys.setswitchinterval(interval)
+    try:
+        # One engine, one pool: an engine per thread opened connections past max_connections.
+        assert len(engines) == THREADS
+        assert len({id(e) for e in engines}) == 1
+    finally:
+        engines[0].dispose()

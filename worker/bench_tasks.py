@@ -23,6 +23,7 @@ from typing import Any
 import redis
 import requests
 from celery import Celery
+from celery.signals import worker_init
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
@@ -54,6 +55,13 @@ def _redis() -> redis.Redis:
 @cache
 def _engine() -> Engine:
     return create_engine(os.environ["COMMS_DATABASE_URL"])
+
+
+@worker_init.connect
+def _one_engine(**_: Any) -> None:
+    """Build the engine before the pool starts: 64 threads missing the cache at once each built
+    their own, and together opened more connections than PostgreSQL allows (lost naive sends)."""
+    _engine()
 
 
 @app.task(name="bench.noop")

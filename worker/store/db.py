@@ -6,7 +6,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import cache
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, create_engine, event, text
@@ -19,8 +18,24 @@ from worker.store import schema
 T = TypeVar("T")
 
 
-@cache
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
 def engine_for(url: str) -> Engine:
+    """The process's one engine for `url`. Built under a lock: a worker starting with a backlog
+    has all its threads here at once, and an engine each (functools.cache builds on every
+    concurrent miss) opened more connections than PostgreSQL's max_connections."""
+    engine = _engines.get(url)
+    if engine is None:
+        with _engines_lock:
+            engine = _engines.get(url)
+            if engine is None:
+                engine = _engines[url] = _create_engine(url)
+    return engine
+
+
+def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # Worker threads share the file: wait for the write lock instead of failing, and use WAL so
         # readers do not block the writer.
