@@ -284,3 +284,89 @@ def test_threads_accepting_and_finishing_at_once_each_get_exactly_their_rows(
     log = rows("SELECT message_id, outcome, response_id FROM comms_log")
     assert sorted(log, key=lambda r: str(r[0])) == sorted(
         [(m, "SENT", f"r-{m}") for m in mids], key=lambda r: str(r[0]))
+
+
+def contacts_table() -> list[tuple[Any, ...]]:
+    return rows("SELECT email, name, phone, timezone, sms_opt_out, push_enabled, "
+                "email_unsubscribed, updated_at FROM contacts ORDER BY email")
+
+
+def tokens_table() -> list[tuple[Any, ...]]:
+    return rows("SELECT token, email, created_at FROM fcm_tokens ORDER BY token")
+
+
+@pytest.mark.usefixtures("clean")
+def test_merging_profiles_in_one_batch_leaves_what_merging_them_one_by_one_leaves() -> None:
+    from channels.contacts import Contact
+    from worker.store import contacts
+    from worker.store.contacts import _Merge, _merge_many, _merge_one
+    from worker.store.db import get_engine
+    from worker.store.models import utcnow
+
+    def seed() -> None:
+        with get_engine().begin() as conn:
+            conn.execute(text("DELETE FROM fcm_tokens"))
+            conn.execute(text("DELETE FROM contacts"))
+        contacts.set_flags("ann@example.com", sms_opt_out=True)
+        _merge_one(_Merge("ann@example.com", {"phone": "+15550100", "name": "Ann"}, None,
+                          utcnow() - timedelta(days=1)))
+        _merge_one(_Merge("dan@example.com", {"name": "Dan"}, None, yesterday))
+
+    yesterday = utcnow() - timedelta(days=1)
+    at = utcnow()
+    merges = [
+        _Merge("ann@example.com", {}, None, at),
+        _Merge("bob@example.com", {"name": "Bob", "phone": "+15550111"}, "tok-1", at),
+        _Merge("ann@example.com", {"timezone": "Asia/Tokyo"}, "tok-2",
+               at + timedelta(seconds=1)),
+        _Merge("bob@example.com", {}, "tok-3", at + timedelta(seconds=2)),
+        _Merge("cat@example.com", {}, None, at),
+        _Merge("dan@example.com", {}, None, at),
+    ]
+    seed()
+    alone = [_merge_one(m) for m in merges]
+    alone_state = (contacts_table(), tokens_table())
+    seed()
+    together = _merge_many(merges)
+
+    assert together == alone
+    assert (contacts_table(), tokens_table()) == alone_state
+    # And what both left is what the rules say: consent kept, fields filled, newest token first.
+    assert together[2] == Contact(email="ann@example.com", name="Ann", phone="+15550100",
+                                  timezone="Asia/Tokyo", sms_opt_out=True,
+                                  fcm_tokens=("tok-2",))
+    assert together[3] == Contact(email="bob@example.com", name="Bob", phone="+15550111",
+                                  fcm_tokens=("tok-3", "tok-1"))
+    assert together[4] == Contact(email="cat@example.com")
+    updated = {r[0]: r[-1] for r in contacts_table()}
+    assert updated["dan@example.com"] == yesterday  # a merge without fields only ensures
+    assert updated["ann@example.com"] == at + timedelta(seconds=1)
+
+
+@pytest.mark.usefixtures("clean")
+@pytest.mark.parametrize("grouped", [True, False], ids=["group-commit", "one-by-one"])
+def test_threads_merging_the_same_recipients_at_once_each_see_their_own_token(
+    grouped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config.settings import get_settings
+    from worker.store import contacts
+
+    monkeypatch.setattr(get_settings(), "comms_db_group_commit", grouped)
+    recipients = [f"r{n}@example.com" for n in range(4)]
+    calls = [(recipients[n % 4], f"tok-{n}") for n in range(40)]
+    start = threading.Barrier(len(calls))
+    seen: dict[str, Any] = {}
+
+    def merge(email: str, token: str) -> None:
+        start.wait()
+        seen[token] = contacts.merge_profile(email, {"fcm_token": token, "name": email[:2]})
+
+    threads = [threading.Thread(target=merge, args=c) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert {tok: (c.email, c.name, tok in c.fcm_tokens) for tok, c in seen.items()} == {
+        tok: (email, email[:2], True) for email, tok in calls}
+    assert tokens_table() and sorted((t[0], t[1]) for t in tokens_table()) == sorted(
+        (tok, email) for email, tok in calls)

@@ -3,8 +3,9 @@ always win over anything a request says; a request only fills in what the store 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
@@ -13,8 +14,10 @@ from sqlalchemy import Connection, Table, bindparam, delete, func, select, updat
 from channels.checks import InvalidPhoneNumber, normalize_phone
 from channels.contacts import Contact
 from config.settings import get_settings
+from worker.store import group_commit
 from worker.store.db import transaction
 from worker.store.dispatches import _dialect_insert
+from worker.store.group_commit import GroupCommit
 from worker.store.models import Contact as ContactRow
 from worker.store.models import FcmToken, utcnow
 
@@ -91,28 +94,113 @@ def _ensure(conn: Connection, email: str) -> None:
                  {"b_email": email, "b_now": utcnow(), **{f"b_{k}": None for k in PROFILE_FIELDS}})
 
 
-def _add_token(conn: Connection, email: str, token: str) -> None:
+def _add_token(conn: Connection, email: str, token: str, now: datetime | None = None) -> None:
     conn.execute(_built(conn.dialect.name).add_token,
-                 {"b_token": token, "b_email": email, "b_now": utcnow()})
+                 {"b_token": token, "b_email": email, "b_now": now or utcnow()})
+
+
+@dataclass(frozen=True, slots=True)
+class _Merge:
+    """What one request tells of its recipient."""
+
+    email: str
+    values: dict[str, str]  # profile fields the request gives (phone in E.164)
+    token: str | None
+    now: datetime
 
 
 def merge_profile(email: str, profile: dict[str, Any] | None) -> Contact:
     """Upsert what a request says of its recipient (name, phone, zone, token); the store's
     consent flags are never changed by a request. Returns the resulting contact."""
-    email = email.lower()
     values = {k: profile[k] for k in PROFILE_FIELDS if profile and profile.get(k)}
     if "phone" in values:
         values["phone"] = _e164(values["phone"])
-    now = utcnow()
+    token = str(profile["fcm_token"]) if profile and profile.get("fcm_token") else None
+    merge = _Merge(email.lower(), values, token, utcnow())
+    if group_commit.enabled():
+        return _merge_group(merge)
+    return _merge_one(merge)
+
+
+def _merge_one(m: _Merge) -> Contact:
     with transaction() as conn:
         st = _built(conn.dialect.name)
-        conn.execute(st.merge if values else st.ensure, {
-            "b_email": email, "b_now": now, **{f"b_{k}": values.get(k) for k in PROFILE_FIELDS}})
-        if profile and profile.get("fcm_token"):
-            _add_token(conn, email, str(profile["fcm_token"]))
-        contact = _contact(conn, email)
+        conn.execute(st.merge if m.values else st.ensure, {
+            "b_email": m.email, "b_now": m.now,
+            **{f"b_{k}": m.values.get(k) for k in PROFILE_FIELDS}})
+        if m.token:
+            _add_token(conn, m.email, m.token, m.now)
+        contact = _contact(conn, m.email)
     assert contact is not None
     return contact
+
+
+# Group commit (PostgreSQL): the merges of every thread at the same moment in three statements.
+# A row without profile fields is only ensured (the WHERE skips the update), as `ensure` does.
+_MERGE_MANY = """
+INSERT INTO contacts (email, name, phone, timezone, sms_opt_out, push_enabled,
+    email_unsubscribed, updated_at)
+SELECT email, name, phone, timezone, false, true, false, now
+FROM unnest(%(email)s::text[], %(name)s::text[], %(phone)s::text[], %(timezone)s::text[],
+    %(now)s::timestamptz[]) AS i(email, name, phone, timezone, now)
+ON CONFLICT (email) DO UPDATE SET
+    name = coalesce(excluded.name, contacts.name),
+    phone = coalesce(excluded.phone, contacts.phone),
+    timezone = coalesce(excluded.timezone, contacts.timezone),
+    updated_at = excluded.updated_at
+WHERE excluded.name IS NOT NULL OR excluded.phone IS NOT NULL OR excluded.timezone IS NOT NULL
+"""
+_ADD_TOKENS = """
+INSERT INTO fcm_tokens (token, email, created_at)
+SELECT * FROM unnest(%(token)s::text[], %(email)s::text[], %(now)s::timestamptz[])
+ON CONFLICT (token) DO NOTHING
+"""
+_CONTACTS = """
+SELECT c.email, c.name, c.phone, c.timezone, c.sms_opt_out, c.push_enabled,
+    c.email_unsubscribed, t.token
+FROM contacts c LEFT JOIN fcm_tokens t ON t.email = c.email
+WHERE c.email = ANY(%(email)s::text[])
+ORDER BY t.created_at DESC
+"""
+
+
+def _merge_many(batch: Sequence[_Merge]) -> list[Contact]:
+    """`_merge_one` for many requests. A recipient twice in the batch is merged once here and
+    again alone afterwards, so each caller sees the contact as its own merge left it."""
+    # First of each recipient, in key order: two processes' batches lock the same rows in the
+    # same order, so they wait for each other instead of deadlocking.
+    once = sorted({m.email: m for m in reversed(batch)}.values(), key=lambda m: m.email)
+    with_token = sorted((m for m in once if m.token), key=lambda m: str(m.token))
+    with transaction() as conn:
+        conn.exec_driver_sql(_MERGE_MANY, {
+            "email": [m.email for m in once], "now": [m.now for m in once],
+            **{k: [m.values.get(k) for m in once] for k in PROFILE_FIELDS}})
+        if with_token:
+            conn.exec_driver_sql(_ADD_TOKENS, {
+                "token": [m.token for m in with_token], "email": [m.email for m in with_token],
+                "now": [m.now for m in with_token]})
+        found: dict[str, Contact] = {}
+        for row in conn.exec_driver_sql(_CONTACTS, {"email": [m.email for m in once]}):
+            known = found.get(row.email)
+            found[row.email] = replace(
+                known or Contact(email=row.email, name=row.name, phone=row.phone,
+                                 timezone=row.timezone, sms_opt_out=row.sms_opt_out,
+                                 push_enabled=row.push_enabled,
+                                 email_unsubscribed=row.email_unsubscribed),
+                fcm_tokens=(*(known.fcm_tokens if known else ()),
+                            *((row.token,) if row.token is not None else ())))
+    merged: set[str] = set()
+    results = []
+    for m in batch:
+        if m.email in merged:
+            results.append(_merge_one(m))
+        else:
+            merged.add(m.email)
+            results.append(found[m.email])
+    return results
+
+
+_merge_group = GroupCommit(_merge_many, _merge_one)
 
 
 def set_flags(email: str, **flags: bool) -> None:

@@ -19,8 +19,8 @@ from sqlalchemy import Connection, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from channels.base import without_nul
-from config.settings import get_settings
-from worker.store.db import get_engine, transaction
+from worker.store import group_commit
+from worker.store.db import transaction
 from worker.store.group_commit import GroupCommit
 from worker.store.models import (
     TERMINAL_OUTCOMES,
@@ -200,10 +200,6 @@ RETURNING message_id
 """
 
 
-def _grouped() -> bool:
-    return get_settings().comms_db_group_commit and get_engine().dialect.name == "postgresql"
-
-
 @dataclass(frozen=True, slots=True)
 class Accepted:
     new: bool
@@ -240,7 +236,7 @@ def accept(
         "b_lease_until": now + timedelta(seconds=lease_seconds) if claiming else None,
         "b_attempts": 1 if claiming else 0, "b_now": now,
     }
-    if _grouped():
+    if group_commit.enabled():
         return _accept_group(binds)
     return _accept_one(binds)
 
@@ -256,8 +252,10 @@ def _accept_one(binds: dict[str, Any]) -> Accepted:
 
 def _accept_many(batch: Sequence[dict[str, Any]]) -> list[Accepted]:
     """`_accept_one` for many requests: one INSERT and at most one SELECT, one transaction."""
+    in_key_order = sorted(batch, key=lambda b: b["b_mid"])  # rows locked in one order
+
     def column(key: str) -> list[Any]:
-        return [b[key] for b in batch]
+        return [b[key] for b in in_key_order]
 
     with transaction() as conn:
         inserted = {uuid.UUID(str(m)) for m in conn.exec_driver_sql(_ACCEPT_MANY, {
@@ -401,7 +399,7 @@ def finish(
     binds = {"b_mid": message_id, "b_state": STATE_FOR[outcome], "b_response_id": response_id,
              "b_error": error, "b_now": now, "l_outcome": outcome, "l_dispatched_at": now,
              "l_response_id": response_id, "l_retry_count": retry_count, "l_error": error}
-    if write_receipt and _grouped():
+    if write_receipt and group_commit.enabled():
         return _finish_group(binds)
     return _finish_one(binds, write_receipt=write_receipt)
 
@@ -431,7 +429,8 @@ def _finish_many(batch: Sequence[dict[str, Any]]) -> list[bool]:
     """`_finish_one` for many messages: the state changes and the terminal rows in one statement.
     A message it did not settle (already terminal, or twice in the batch) goes the one-row way
     afterwards, which fills a missing terminal row exactly as a lone call would."""
-    once = list({b["b_mid"]: b for b in reversed(batch)}.values())  # first of each message
+    # First of each message, in key order (rows locked in one order: no deadlock between batches).
+    once = sorted({b["b_mid"]: b for b in reversed(batch)}.values(), key=lambda b: b["b_mid"])
     with transaction() as conn:
         written = {uuid.UUID(str(m)) for m in conn.exec_driver_sql(_FINISH_MANY, {
             "mid": [str(b["b_mid"]) for b in once],

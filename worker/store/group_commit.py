@@ -15,12 +15,19 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from worker.store.db import is_connection_problem
+from config.settings import get_settings
+from worker.store.db import get_engine, is_connection_problem
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 _UNSET = object()
+
+
+def enabled() -> bool:
+    """Group commit is on (COMMS_DB_GROUP_COMMIT) and the database is PostgreSQL: the batched
+    statements are PostgreSQL's (arrays, unnest); SQLite serialises its writers anyway."""
+    return get_settings().comms_db_group_commit and get_engine().dialect.name == "postgresql"
 
 
 class _Slot(Generic[Item]):
