@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError, OperationalError
 
 from tests.conftest import wait_for
+from tests.together import all_at_once
 from worker.store.group_commit import GroupCommit
 
 
@@ -259,11 +260,9 @@ def test_threads_accepting_and_finishing_at_once_each_get_exactly_their_rows(
 
     monkeypatch.setattr(get_settings(), "comms_db_group_commit", grouped)
     mids = [uuid.uuid4() for _ in range(48)]
-    start = threading.Barrier(len(mids))
     answers: dict[uuid.UUID, tuple[Any, ...]] = {}
 
     def one_message(mid: uuid.UUID) -> None:
-        start.wait()
         first = store.accept({"n": str(mid)}, message_id=mid, channel="slack", recipient="#ops",
                              priority="high", signal_type=None, severity=None,
                              parent_message_id=None, claim_for=f"t-{mid}:0", lease_seconds=60)
@@ -274,11 +273,7 @@ def test_threads_accepting_and_finishing_at_once_each_get_exactly_their_rows(
         repeated = store.finish(mid, "SENT", response_id="other")
         answers[mid] = (first, again, written, repeated)
 
-    threads = [threading.Thread(target=one_message, args=(m,)) for m in mids]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    all_at_once(one_message, [(m,) for m in mids])
     expected = (store.Accepted(True, "sending"), store.Accepted(False, "sending"), True, False)
     assert answers == dict.fromkeys(mids, expected)
     log = rows("SELECT message_id, outcome, response_id FROM comms_log")
@@ -354,18 +349,12 @@ def test_threads_merging_the_same_recipients_at_once_each_see_their_own_token(
     monkeypatch.setattr(get_settings(), "comms_db_group_commit", grouped)
     recipients = [f"r{n}@example.com" for n in range(4)]
     calls = [(recipients[n % 4], f"tok-{n}") for n in range(40)]
-    start = threading.Barrier(len(calls))
     seen: dict[str, Any] = {}
 
     def merge(email: str, token: str) -> None:
-        start.wait()
         seen[token] = contacts.merge_profile(email, {"fcm_token": token, "name": email[:2]})
 
-    threads = [threading.Thread(target=merge, args=c) for c in calls]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    all_at_once(merge, calls)
     assert {tok: (c.email, c.name, tok in c.fcm_tokens) for tok, c in seen.items()} == {
         tok: (email, email[:2], True) for email, tok in calls}
     assert tokens_table() and sorted((t[0], t[1]) for t in tokens_table()) == sorted(

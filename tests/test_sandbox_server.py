@@ -4,11 +4,11 @@ that each open their own connection (as `requests.post` does) must all be answer
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
 
+from tests.together import all_at_once
 from worker.sandbox.server import Sandbox
 
 CLIENTS = 300
@@ -25,11 +25,9 @@ def quiet_sandbox() -> Iterator[Sandbox]:
 
 def test_a_burst_of_new_connections_is_answered_not_reset(quiet_sandbox: Sandbox) -> None:
     host, port = quiet_sandbox.url.removeprefix("http://").split(":")
-    start = threading.Barrier(CLIENTS)
     answers: list[bytes | BaseException] = []
 
     def client() -> None:
-        start.wait()
         try:
             with socket.create_connection((host, int(port)), timeout=10) as conn:
                 conn.sendall(b"GET /_sandbox/requests HTTP/1.1\r\nHost: x\r\n"
@@ -38,11 +36,7 @@ def test_a_burst_of_new_connections_is_answered_not_reset(quiet_sandbox: Sandbox
         except OSError as exc:
             answers.append(exc)
 
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    all_at_once(client, [()] * CLIENTS, timeout=30)
     failures = [a for a in answers if not isinstance(a, bytes) or not a.startswith(b"HTTP/1.1")]
     assert len(answers) == CLIENTS
     assert failures == []

@@ -5,7 +5,6 @@ SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine, make_url
 
 from tests.conftest import DATABASE_URL
+from tests.together import all_at_once
 
 THREADS = 16
 
@@ -22,21 +22,15 @@ THREADS = 16
 def migrate_together(engine: Engine) -> list[BaseException]:
     from worker.store.db import migrate_once
 
-    start = threading.Barrier(THREADS)
     errors: list[BaseException] = []
 
     def first_use() -> None:
-        start.wait()
         try:
             migrate_once(engine)
         except BaseException as exc:  # the test reports every one
             errors.append(exc)
 
-    threads = [threading.Thread(target=first_use) for _ in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    all_at_once(first_use, [()] * THREADS)
     return errors
 
 
@@ -90,23 +84,13 @@ def test_threads_starting_together_share_one_engine(fresh_postgres: Engine) -> N
     from worker.store.db import engine_for
 
     url = fresh_postgres.url.render_as_string(hide_password=False)
-    start = threading.Barrier(THREADS)
     engines: list[Engine] = []
-
-    def first_use() -> None:
-        start.wait()
-        engines.append(engine_for(url))
-
-    threads = [threading.Thread(target=first_use) for _ in range(THREADS)]
     # Switch threads as often as the interpreter can: a worker's first build also imports the
     # dialect, a long window for the other threads to arrive.
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        all_at_once(lambda: engines.append(engine_for(url)), [()] * THREADS)
     finally:
         sys.setswitchinterval(interval)
     try:

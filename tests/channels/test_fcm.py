@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from channels.fcm.oauth import SCOPES, TokenCache
 from channels.http import HttpTransport
 from config.settings import Settings
 from tests.specs import validate_http_request, validate_recorded
+from tests.together import all_at_once
 from worker.sandbox import Reply, Sandbox
 from worker.sandbox.vendors.fcm import write_service_account
 
@@ -266,12 +266,8 @@ def test_token_is_fetched_once_when_many_messages_are_sent(sandbox, account):
 def test_token_is_fetched_once_when_messages_are_sent_concurrently(sandbox, account):
     fcm = sandbox_channel(sandbox, account, TokenCache())
     outcomes: list[Outcome] = []
-    threads = [threading.Thread(target=lambda i=i: outcomes.append(
-        deliver(fcm, notification(f"tok-{i}"), HttpTransport()))) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    all_at_once(lambda i: outcomes.append(
+        deliver(fcm, notification(f"tok-{i}"), HttpTransport())), [(i,) for i in range(8)])
     assert len(outcomes) == 8 and all(isinstance(o, Sent) for o in outcomes)
     assert sandbox.state["oauth2_token_requests"] == 1
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from tests.conftest import log_outcomes, slack_request, terminal
+from tests.together import all_at_once
 from worker.sandbox import Reply
 
 pytestmark = pytest.mark.usefixtures("worker", "clean")
@@ -28,11 +28,7 @@ def test_one_vendor_call_when_same_message_id_sent_20_times_concurrently(produce
     request = slack_request()
     # A slow vendor keeps the first send in flight while the duplicates arrive.
     sandbox.script("slack", Reply(200, {"ok": True, "ts": "1.000001"}, delay=0.5))
-    threads = [threading.Thread(target=producer, args=(request,)) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    all_at_once(producer, [(request,)] * 20)
 
     terminal(request["message_id"])
     time.sleep(1.0)
