@@ -133,6 +133,15 @@ def test_an_interrupted_batch_answers_its_callers_instead_of_leaving_them_waitin
 # -- the store's batched writes on PostgreSQL ---------------------------------------------------
 
 
+@pytest.fixture(params=[True, False], ids=["group-commit", "one-by-one"])
+def grouped_or_not(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """The test runs with group commit and without: the answers must be the same."""
+    from config.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "comms_db_group_commit", request.param)
+    return bool(request.param)
+
+
 def accept_binds(mid: uuid.UUID, **overrides: Any) -> dict[str, Any]:
     from worker.store.models import utcnow
 
@@ -250,15 +259,10 @@ def test_a_request_the_database_refuses_fails_alone_and_its_batch_is_recorded() 
     assert accepted == {first, good, also_good}
 
 
-@pytest.mark.usefixtures("clean")
-@pytest.mark.parametrize("grouped", [True, False], ids=["group-commit", "one-by-one"])
-def test_threads_accepting_and_finishing_at_once_each_get_exactly_their_rows(
-    grouped: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from config.settings import get_settings
+@pytest.mark.usefixtures("clean", "grouped_or_not")
+def test_threads_accepting_and_finishing_at_once_each_get_exactly_their_rows() -> None:
     from worker.store import dispatches as store
 
-    monkeypatch.setattr(get_settings(), "comms_db_group_commit", grouped)
     mids = [uuid.uuid4() for _ in range(48)]
     answers: dict[uuid.UUID, tuple[Any, ...]] = {}
 
@@ -338,15 +342,10 @@ def test_merging_profiles_in_one_batch_leaves_what_merging_them_one_by_one_leave
     assert updated["ann@example.com"] == at + timedelta(seconds=1)
 
 
-@pytest.mark.usefixtures("clean")
-@pytest.mark.parametrize("grouped", [True, False], ids=["group-commit", "one-by-one"])
-def test_threads_merging_the_same_recipients_at_once_each_see_their_own_token(
-    grouped: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from config.settings import get_settings
+@pytest.mark.usefixtures("clean", "grouped_or_not")
+def test_threads_merging_the_same_recipients_at_once_each_see_their_own_token() -> None:
     from worker.store import contacts
 
-    monkeypatch.setattr(get_settings(), "comms_db_group_commit", grouped)
     recipients = [f"r{n}@example.com" for n in range(4)]
     calls = [(recipients[n % 4], f"tok-{n}") for n in range(40)]
     seen: dict[str, Any] = {}
