@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +18,17 @@ from sqlalchemy.exc import DataError, OperationalError
 from tests.conftest import wait_for
 from tests.together import all_at_once
 from worker.store.group_commit import GroupCommit
+
+
+@dataclass(frozen=True)
+class Raised:
+    """What a caller got when the call raised (a returned exception would be the value itself)."""
+
+    error: BaseException
+
+
+def raised(result: Any, kind: type[BaseException]) -> bool:
+    return isinstance(result, Raised) and isinstance(result.error, kind)
 
 
 class Held:
@@ -42,7 +54,7 @@ class Held:
             try:
                 self.results[key] = self.group(item)
             except BaseException as exc:  # the test inspects what each caller got
-                self.results[key] = exc
+                self.results[key] = Raised(exc)
 
         thread = threading.Thread(target=run)
         thread.start()
@@ -85,7 +97,7 @@ def test_a_row_the_batch_cannot_take_fails_only_its_own_caller() -> None:
     held = Held(write_many, write_one)
     results = held.run_together(0, {1: 1, 13: 13, 2: 2})
     assert results["first"] == 0 and results[1] == 1 and results[2] == 2
-    assert isinstance(results[13], ValueError)
+    assert raised(results[13], ValueError)
 
 
 def test_an_unreachable_database_fails_the_whole_batch_without_writing_rows_one_by_one() -> None:
@@ -99,7 +111,7 @@ def test_an_unreachable_database_fails_the_whole_batch_without_writing_rows_one_
     held = Held(write_many, written_alone.append)
     results = held.run_together(0, {1: 1, 2: 2})
     assert results["first"] == 0
-    assert isinstance(results[1], OperationalError) and isinstance(results[2], OperationalError)
+    assert raised(results[1], OperationalError) and raised(results[2], OperationalError)
     assert written_alone == []
 
 
@@ -109,6 +121,23 @@ def test_a_batch_is_at_most_max_batch_and_every_caller_is_answered() -> None:
     assert [len(b) for b in held.batches] == [1, 2, 2, 1]
     expected: dict[Any, int] = {"first": 0, **{k: k for k in range(1, 6)}}
     assert results == expected
+
+
+def test_an_error_returned_for_one_item_is_raised_to_that_caller_and_nothing_runs_again() -> None:
+    written_alone: list[int] = []
+
+    def write_many(items: Sequence[int]) -> list[int | Exception]:
+        return [KeyError(x) if x == 2 else x for x in items]
+
+    def write_one(x: int) -> int:
+        written_alone.append(x)
+        return x
+
+    held = Held(write_many, write_one)
+    results = held.run_together(0, {1: 1, 2: 2, 3: 3})
+    assert results["first"] == 0 and results[1] == 1 and results[3] == 3
+    assert raised(results[2], KeyError)
+    assert written_alone == []
 
 
 def test_an_interrupted_batch_answers_its_callers_instead_of_leaving_them_waiting() -> None:
@@ -122,10 +151,10 @@ def test_an_interrupted_batch_answers_its_callers_instead_of_leaving_them_waitin
 
     held = Held(write_many, lambda x: x)
     results = held.run_together(0, {1: 1, 2: 2})
-    leader = [r for r in (results[1], results[2]) if isinstance(r, Interrupted)]
-    follower = [r for r in (results[1], results[2]) if isinstance(r, RuntimeError)]
+    leader = [r for r in (results[1], results[2]) if raised(r, Interrupted)]
+    follower = [r for r in (results[1], results[2]) if raised(r, RuntimeError)]
     assert len(leader) == 1 and len(follower) == 1
-    assert "interrupted" in str(follower[0])
+    assert "interrupted" in str(follower[0].error)
     # The group still works afterwards.
     assert held.group(7) == 7
 
@@ -242,6 +271,24 @@ def test_a_terminal_state_without_its_row_gets_the_row_in_a_batch_too() -> None:
 
 
 @pytest.mark.usefixtures("clean")
+def test_a_write_after_the_commit_that_fails_leaves_the_batch_answered_as_written() -> None:
+    from worker.store.dispatches import _accept_many, _finish_many, _finish_one
+
+    sent, failed = uuid.uuid4(), uuid.uuid4()
+    _accept_many([accept_binds(sent), accept_binds(failed)])
+    held = Held(_finish_many, _finish_one)
+    results = held.run_together(finish_binds(sent), {
+        failed: finish_binds(failed, "FAILED", error="HTTP 500"),
+        "again": finish_binds(failed, "FAILED", error="HTTP 500"),
+        "never accepted": finish_binds(uuid.uuid4()),  # no dispatch row: the lone write raises
+    })
+    # True, not False: told "not written now", a failure's caller would skip its fallback.
+    assert results["first"] is True and results[failed] is True and results["again"] is False
+    assert raised(results["never accepted"], AttributeError)
+    assert sorted(r[0] for r in rows("SELECT outcome FROM comms_log")) == ["FAILED", "SENT"]
+
+
+@pytest.mark.usefixtures("clean")
 def test_a_request_the_database_refuses_fails_alone_and_its_batch_is_recorded() -> None:
     from worker.store.dispatches import Accepted, _accept_many, _accept_one
 
@@ -254,7 +301,7 @@ def test_a_request_the_database_refuses_fails_alone_and_its_batch_is_recorded() 
     })
     assert len(held.batches[1]) == 3  # written together, refused together, then one by one
     assert results[good] == results[also_good] == results["first"] == Accepted(True, "sending")
-    assert isinstance(results[bad], DataError)
+    assert raised(results[bad], DataError)
     accepted = {r[0] for r in rows("SELECT message_id FROM dispatches")}
     assert accepted == {first, good, also_good}
 

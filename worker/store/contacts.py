@@ -164,7 +164,7 @@ ORDER BY t.created_at DESC
 """
 
 
-def _merge_many(batch: Sequence[_Merge]) -> list[Contact]:
+def _merge_many(batch: Sequence[_Merge]) -> list[Contact | Exception]:
     """`_merge_one` for many requests. A recipient twice in the batch is merged once here and
     again alone afterwards, so each caller sees the contact as its own merge left it."""
     # First of each recipient, in key order: two processes' batches lock the same rows in the
@@ -190,10 +190,10 @@ def _merge_many(batch: Sequence[_Merge]) -> list[Contact]:
                 fcm_tokens=(*(known.fcm_tokens if known else ()),
                             *((row.token,) if row.token is not None else ())))
     merged: set[str] = set()
-    results = []
+    results: list[Contact | Exception] = []
     for m in batch:
         if m.email in merged:
-            results.append(_merge_one(m))
+            results.append(group_commit.alone(_merge_one, m))
         else:
             merged.add(m.email)
             results.append(found[m.email])

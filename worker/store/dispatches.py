@@ -425,10 +425,12 @@ def _finish_one(binds: dict[str, Any], *, write_receipt: bool = True) -> bool:
         )
 
 
-def _finish_many(batch: Sequence[dict[str, Any]]) -> list[bool]:
+def _finish_many(batch: Sequence[dict[str, Any]]) -> list[bool | Exception]:
     """`_finish_one` for many messages: the state changes and the terminal rows in one statement.
     A message it did not settle (already terminal, or twice in the batch) goes the one-row way
-    afterwards, which fills a missing terminal row exactly as a lone call would."""
+    afterwards, which fills a missing terminal row exactly as a lone call would; what that raises
+    goes to its caller alone (the batch is committed: run again, its callers would be told that
+    their rows were not written now, and a failure's fallback would not start)."""
     # First of each message, in key order (rows locked in one order: no deadlock between batches).
     once = sorted({b["b_mid"]: b for b in reversed(batch)}.values(), key=lambda b: b["b_mid"])
     with transaction() as conn:
@@ -442,14 +444,14 @@ def _finish_many(batch: Sequence[dict[str, Any]]) -> list[bool]:
             "now": [b["b_now"] for b in once],
         }).scalars()}
     settled: set[uuid.UUID] = set()
-    results = []
+    results: list[bool | Exception] = []
     for b in batch:
         mid = b["b_mid"]
         if mid in written and mid not in settled:
             settled.add(mid)
             results.append(True)
         else:
-            results.append(_finish_one(b))
+            results.append(group_commit.alone(_finish_one, b))
     return results
 
 

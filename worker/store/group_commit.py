@@ -30,6 +30,15 @@ def enabled() -> bool:
     return get_settings().comms_db_group_commit and get_engine().dialect.name == "postgresql"
 
 
+def alone(write_one: Callable[[Item], Result], item: Item) -> Result | Exception:
+    """For a `write_many` that writes an item alone after its batch's commit: the item's error is
+    returned as its result, for its caller alone."""
+    try:
+        return write_one(item)
+    except Exception as exc:
+        return exc
+
+
 class _Slot(Generic[Item]):
     __slots__ = ("error", "item", "result")
 
@@ -47,14 +56,16 @@ class GroupCommit(Generic[Item, Result]):
     """Call `write_many` with every item submitted while the previous batch was being written.
 
     `write_many(items)` writes them all in one transaction and returns one result per item, in
-    order. When it fails for a reason other than an unreachable database (a row the database
+    order; an exception in place of a result is raised to that item's caller alone (for work
+    done per item after the commit, which must not make the whole batch run again). When
+    `write_many` raises for a reason other than an unreachable database (a row the database
     refuses), each item is written alone with `write_one`, so one bad row fails only its caller.
     An unreachable database fails the whole batch; each caller then retries as it would have.
     """
 
     def __init__(
         self,
-        write_many: Callable[[Sequence[Item]], Sequence[Result]],
+        write_many: Callable[[Sequence[Item]], Sequence[Result | Exception]],
         write_one: Callable[[Item], Result],
         *,
         max_batch: int = 256,
@@ -109,4 +120,7 @@ class GroupCommit(Generic[Item, Result]):
                     s.error = one_exc
             return
         for s, result in zip(batch, results, strict=True):
-            s.result = result
+            if isinstance(result, Exception):
+                s.error = result
+            else:
+                s.result = result
