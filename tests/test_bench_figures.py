@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
+from tests.conftest import wait_for
 from worker.bench import Options, Phase, figures, idle_share, machine_jiffies
 
 
@@ -51,3 +54,32 @@ def test_machine_ticks_are_read_from_proc_stat_where_there_is_one():
     assert ticks is not None
     idle, total = ticks
     assert 0 <= idle <= total
+
+
+def test_postgres_cpu_counts_a_backend_that_exited_during_the_phase(database: str) -> None:
+    """A pool's overflow connections close after each use: their backends exit before the end
+    of a phase, and a meter of live backends missed their CPU (the naive reference's)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from worker.bench import Meters, _proc_cpu
+    from worker.store.db import get_engine
+
+    meters = Meters.__new__(Meters)  # only the PostgreSQL meter: no Redis, no sandbox
+    meters.engine = get_engine()
+    meters.postmaster_pid = meters.postmaster()
+    if meters.postmaster_pid is None:
+        pytest.skip("PostgreSQL does not run on this machine: its CPU cannot be read from /proc")
+    before = meters.postgres_cpu()
+
+    one_use = create_engine(database, poolclass=NullPool)  # closed after use, as overflow is
+    with one_use.connect() as conn:
+        backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        conn.execute(text("SELECT count(*) FROM generate_series(1, 3000000)"))  # ≈ 0.3 s
+        busy = _proc_cpu(backend)
+    one_use.dispose()
+    # Gone from /proc once reaped (a zombie keeps its entry): its CPU is the postmaster's now.
+    wait_for(lambda: not os.path.exists(f"/proc/{backend}"), timeout=10)
+
+    assert busy >= 0.1
+    assert meters.postgres_cpu() - before >= busy

@@ -220,14 +220,24 @@ class Workers:
             log.close()
 
 
-def _proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of one process, from /proc (Linux)."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from its state field on (field 3), or None (gone, or not Linux)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
+        return None
+
+
+def _proc_cpu(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU seconds of one process; with `reaped`, plus those of its children that
+    have exited (the kernel adds them to the parent when it waits for them)."""
+    fields = _proc_stat(pid)
+    if fields is None:
         return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLOCK_TICKS
 
 
 def _children(pid: int) -> list[int]:
@@ -259,12 +269,24 @@ class Meters:
         self.sandbox = sandbox
         self.redis_pid = int(rds.info("server")["process_id"])
         self.database = engine.url.database
+        self.postmaster_pid = self.postmaster()
 
-    def pg_backends(self) -> list[int]:
+    def postmaster(self) -> int | None:
+        """PostgreSQL's postmaster (the parent of our connection's backend) when the server runs
+        on this machine, else None."""
         with self.engine.connect() as conn:
-            return list(conn.execute(
-                text("SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": self.database}
-            ).scalars())
+            backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        fields = _proc_stat(backend)
+        return int(fields[1]) if fields else None
+
+    def postgres_cpu(self) -> float:
+        """The whole server's CPU so far: the postmaster, every live process under it (backends,
+        WAL writer, checkpointer, autovacuum) and those that exited. A backend that exits
+        mid-phase (a pool's overflow connection, closed after each use) still counts."""
+        if self.postmaster_pid is None:
+            return 0.0
+        return _proc_cpu(self.postmaster_pid, reaped=True) + cpu_of(
+            _children(self.postmaster_pid), children=False)
 
     def pg_transactions(self) -> int:
         with self.engine.connect() as conn:
@@ -279,22 +301,19 @@ class Meters:
             "bench": cpu_of([os.getpid()], children=False),
             "sandbox": cpu_of([self.sandbox.proc.pid], children=False),
             "redis": cpu_of([self.redis_pid], children=False),
-            "pg_pids": {pid: cpu_of([pid], children=False) for pid in self.pg_backends()},
+            "postgres": self.postgres_cpu(),
             "redis_commands": int(self.rds.info("stats")["total_commands_processed"]),
             "pg_transactions": self.pg_transactions(),
         }
 
     def since(self, before: dict[str, Any]) -> dict[str, Any]:
         after = self.snapshot()
-        pg_after: dict[int, float] = after["pg_pids"]
-        pg_before: dict[int, float] = before["pg_pids"]
-        postgres = sum(cpu - pg_before.get(pid, 0.0) for pid, cpu in pg_after.items())
         return {
             "cpu": {
                 "bench": after["bench"] - before["bench"],
                 "sandbox": after["sandbox"] - before["sandbox"],
                 "redis": after["redis"] - before["redis"],
-                "postgres": postgres,
+                "postgres": after["postgres"] - before["postgres"],
             },
             "redis_commands": after["redis_commands"] - before["redis_commands"],
             # Minus the bench's own polling, roughly one per poll (not subtracted: small).
