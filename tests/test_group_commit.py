@@ -405,3 +405,41 @@ def test_threads_merging_the_same_recipients_at_once_each_see_their_own_token() 
         tok: (email, email[:2], True) for email, tok in calls}
     assert tokens_table() and sorted((t[0], t[1]) for t in tokens_table()) == sorted(
         (tok, email) for email, tok in calls)
+
+
+@pytest.mark.usefixtures("clean")
+def test_an_import_locks_contacts_in_the_order_merges_do_so_neither_deadlocks() -> None:
+    """A merge batch holds `a@` and wants `z@`; an import of [z@, a@] that took z@ first would
+    hold it while waiting for a@: a deadlock, and PostgreSQL aborts one of them."""
+    from worker.store import contacts
+    from worker.store.contacts import ImportRow
+    from worker.store.db import get_engine
+
+    for email in ("a@example.com", "z@example.com"):
+        contacts.set_flags(email, sms_opt_out=False)
+    imported: list[Any] = []
+
+    def import_z_then_a() -> None:
+        try:
+            imported.append(contacts.import_rows([ImportRow("z@example.com", name="Zed"),
+                                                  ImportRow("a@example.com", name="Ann")]))
+        except Exception as exc:  # the deadlock victim, if it is the import
+            imported.append(exc)
+
+    merge = get_engine().connect()
+    importer = threading.Thread(target=import_z_then_a)
+    try:
+        with merge.begin():
+            merge.execute(text("SELECT 1 FROM contacts WHERE email = 'a@example.com' FOR UPDATE"))
+            importer.start()
+            # The import is now waiting for a@ (and, written in file order, holds z@).
+            wait_for(lambda: rows("SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] > 0,
+                     timeout=10)
+            merge.execute(text("UPDATE contacts SET timezone = 'UTC' "
+                               "WHERE email = 'z@example.com'"))
+        importer.join(20)
+    finally:
+        merge.close()
+    assert imported == [2]
+    assert rows("SELECT email, name, timezone FROM contacts ORDER BY email") == [
+        ("a@example.com", "Ann", None), ("z@example.com", "Zed", "UTC")]

@@ -233,10 +233,14 @@ class ImportRow:
 
 
 def import_rows(rows: Iterable[ImportRow]) -> int:
-    """Upsert a batch in one transaction; fields left None keep the stored value."""
+    """Upsert a batch in one transaction; fields left None keep the stored value.
+
+    Rows are written in address order (stable: a later line for the same address still wins),
+    the order in which group-committed merges lock contacts: an import and the workers' merges
+    then wait for each other instead of deadlocking."""
     count = 0
     with transaction() as conn:
-        for row in rows:
+        for row in sorted(rows, key=lambda r: r.email.lower()):
             email = row.email.lower()
             _ensure(conn, email)
             values = {
