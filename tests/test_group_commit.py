@@ -5,6 +5,7 @@ forced by holding the leader), then the store's batched writes on the real Postg
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ class Held:
     and are written together in the next batch."""
 
     def __init__(self, write_many: Callable[[Sequence[Any]], Sequence[Any]],
-                 write_one: Callable[[Any], Any], *, max_batch: int = 256) -> None:
+                 write_one: Callable[[Any], Any], *, max_batch: int = 256,
+                 delay: Callable[[], float] = lambda: 0.0, load_memory: float = 1.0) -> None:
         self.batches: list[list[Any]] = []
         self.gate = threading.Event()
 
@@ -46,7 +48,8 @@ class Held:
             self.batches.append(list(items))
             return write_many(items)
 
-        self.group = GroupCommit(held_write_many, write_one, max_batch=max_batch)
+        self.group = GroupCommit(held_write_many, write_one, max_batch=max_batch, delay=delay,
+                                 load_memory=load_memory)
         self.results: dict[Any, Any] = {}
 
     def call(self, key: Any, item: Any) -> threading.Thread:
@@ -157,6 +160,35 @@ def test_an_interrupted_batch_answers_its_callers_instead_of_leaving_them_waitin
     assert "interrupted" in str(follower[0].error)
     # The group still works afterwards.
     assert held.group(7) == 7
+
+
+def test_under_load_a_leader_holds_its_turn_so_more_writes_join_and_alone_it_does_not() -> None:
+    paused = threading.Event()
+    pauses: list[float] = []
+
+    def delay() -> float:
+        pauses.append(0.5)
+        paused.set()
+        return 0.5
+
+    held = Held(lambda items: list(items), lambda x: x, delay=delay, load_memory=0.3)
+    held.run_together(1, {2: 2, 3: 3})
+    assert held.batches == [[1], [2, 3]]
+    assert pauses == []  # no batch had company before [2, 3]: its leader did not wait
+
+    # After company, the next leader pauses, and a write arriving meanwhile joins its batch.
+    leader = held.call("leader", 4)
+    assert paused.wait(5)
+    joiner = held.call("joiner", 5)
+    leader.join(10)
+    joiner.join(10)
+    assert held.batches[-1] == [4, 5] and len(pauses) == 1
+    assert held.results["leader"] == 4 and held.results["joiner"] == 5
+
+    # Company a moment ago: a lone write still waits. Past `load_memory` without company: not.
+    assert held.group(6) == 6 and held.batches[-1] == [6] and len(pauses) == 2
+    time.sleep(0.4)
+    assert held.group(7) == 7 and len(pauses) == 2
 
 
 # -- the store's batched writes on PostgreSQL ---------------------------------------------------

@@ -200,7 +200,7 @@ def _merge_many(batch: Sequence[_Merge]) -> list[Contact | Exception]:
     return results
 
 
-_merge_group = GroupCommit(_merge_many, _merge_one)
+_merge_group = GroupCommit(_merge_many, _merge_one, delay=group_commit.configured_delay)
 
 
 def set_flags(email: str, **flags: bool) -> None:

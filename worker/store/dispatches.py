@@ -455,8 +455,8 @@ def _finish_many(batch: Sequence[dict[str, Any]]) -> list[bool | Exception]:
     return results
 
 
-_accept_group = GroupCommit(_accept_many, _accept_one)
-_finish_group = GroupCommit(_finish_many, _finish_one)
+_accept_group = GroupCommit(_accept_many, _accept_one, delay=group_commit.configured_delay)
+_finish_group = GroupCommit(_finish_many, _finish_one, delay=group_commit.configured_delay)
 
 
 def write_terminal_receipt(

@@ -13,6 +13,7 @@ would not have lost, and redelivery finds what was committed.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -23,12 +24,20 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 _UNSET = object()
+#: Seconds a batch with company keeps the delay on: under steady load batches keep having company,
+#: and a lone write in between still waits; a second without company and nobody waits.
+LOAD_MEMORY = 1.0
 
 
 def enabled() -> bool:
     """Group commit is on (COMMS_DB_GROUP_COMMIT) and the database is PostgreSQL: the batched
     statements are PostgreSQL's (arrays, unnest); SQLite serialises its writers anyway."""
     return get_settings().comms_db_group_commit and get_engine().dialect.name == "postgresql"
+
+
+def configured_delay() -> float:
+    """COMMS_DB_GROUP_COMMIT_DELAY, read at each batch (tests change it)."""
+    return get_settings().comms_db_group_commit_delay
 
 
 def alone(write_one: Callable[[Item], Result], item: Item) -> Result | Exception:
@@ -62,6 +71,11 @@ class GroupCommit(Generic[Item, Result]):
     `write_many` raises for a reason other than an unreachable database (a row the database
     refuses), each item is written alone with `write_one`, so one bad row fails only its caller.
     An unreachable database fails the whole batch; each caller then retries as it would have.
+
+    `delay()` is how long a leader holds its turn before taking the queue, so that more writes
+    join it, while there is load: a batch had company (more than one item) within the last
+    `load_memory` seconds (PostgreSQL's commit_delay with commit_siblings). Under light load
+    nobody waits, so it costs no latency there.
     """
 
     def __init__(
@@ -70,10 +84,15 @@ class GroupCommit(Generic[Item, Result]):
         write_one: Callable[[Item], Result],
         *,
         max_batch: int = 256,
+        delay: Callable[[], float] = lambda: 0.0,
+        load_memory: float = LOAD_MEMORY,
     ) -> None:
         self._write_many = write_many
         self._write_one = write_one
         self._max_batch = max_batch
+        self._delay = delay
+        self._load_memory = load_memory
+        self._loaded_until = 0.0  # monotonic time until which a batch had company recently
         self._lock = threading.Lock()
         self._turn = threading.Condition(self._lock)
         self._queue: list[_Slot[Item]] = []
@@ -91,8 +110,14 @@ class GroupCommit(Generic[Item, Result]):
                     break
                 # No batch in flight: lead one, with what is queued (this slot may be past the
                 # batch's end, then it leads again).
-                batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
                 self._writing = True
+                if len(self._queue) < self._max_batch and time.monotonic() < self._loaded_until:
+                    pause = self._delay()
+                    if pause > 0:
+                        self._turn.wait(pause)  # the lock is free meanwhile: others queue up
+                batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
+                if len(batch) > 1:
+                    self._loaded_until = time.monotonic() + self._load_memory
             try:
                 self._write(batch)
             finally:
