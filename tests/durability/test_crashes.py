@@ -312,3 +312,97 @@ def test_dispatch_waits_for_postgres_longer_than_its_first_backoffs(cluster, san
     assert log_outcomes(request["message_id"]) == ["SENT"]
     retries = re.findall(r"comms\.dispatch\[[^\]]+\] retry: Retry in (\d+)s", worker.output())
     assert retries[:6] == ["1", "2", "4", "8", "16", "30"]
+
+
+@pytest.mark.slow
+def test_a_group_commit_batch_killed_mid_transaction_leaves_nothing_and_each_gets_one_row(
+        cluster, sandbox, database):
+    """Seven receipts in one group-commit batch, the worker SIGKILLed while that batch's
+    transaction has written six of them and waits on the seventh: none of the seven is committed,
+    and after the restart each message ends with exactly one terminal row.
+
+    The batch is made by holding uncommitted terminal rows (the partial unique index makes the
+    worker's insert wait for them): one for the first message to finish, so the other seven queue
+    up behind its stuck batch, and one for the last of those seven in key order, the order in
+    which the batch writes, so the batch stops after the other six."""
+    from sqlalchemy import create_engine, insert, text
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.pool import NullPool
+
+    from worker.store.models import utcnow
+
+    requests = [ops_request(4 * i) for i in range(8)]  # all Slack
+    first, rest = requests[0], sorted(requests[1:], key=lambda r: uuid.UUID(r["message_id"]))
+    last = rest[-1]
+    sandbox.latency = 0.1
+    for r in rest:  # the first message's reply comes at 0.1 s, the others' at 0.6 s
+        tag = r["message_payload"]["fallback_text"]
+        sandbox.script("slack", Reply(200, {"ok": True, "channel": "C1", "ts": f"9.{tag}"},
+                                      delay=0.5), contains=f'"{tag}"')
+    admin = create_engine(database, poolclass=NullPool)
+
+    def hold_terminal_row(request: dict[str, Any]) -> Any:
+        conn = admin.connect()
+        conn.begin()
+        conn.execute(insert(store.comms_log).values(
+            message_id=uuid.UUID(request["message_id"]), recipient="held", channel="slack",
+            outcome="FAILED", dispatched_at=utcnow(), retry_count=0, error="held by the test"))
+        return conn
+
+    def locked(request: dict[str, Any]) -> bool:
+        """Its dispatch row is being written by a transaction still open (the batch)."""
+        with admin.connect() as conn:
+            trans = conn.begin()
+            try:
+                conn.execute(text("SELECT 1 FROM dispatches WHERE message_id = :m "
+                                  "FOR UPDATE NOWAIT"), {"m": uuid.UUID(request["message_id"])})
+            except OperationalError:
+                return True
+            finally:
+                trans.rollback()
+        return False
+
+    def finish_waiting_on_a_lock() -> bool:
+        """The batched finish is waiting for a lock (its text starts the same for any batch; the
+        rest, with the arrays written in, is cut at track_activity_query_size)."""
+        with admin.connect() as conn:
+            return bool(conn.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND ltrim(query, E' \\n') LIKE 'WITH i AS (%'"
+            )).scalar_one())
+
+    c = cluster(COMMS_REPLAY_AFTER=3)
+    worker = c.worker().start()
+    c.beat().start(ready=None)
+    hold_first, hold_last = hold_terminal_row(first), hold_terminal_row(last)
+    try:
+        c.send(requests)
+        wait_for(lambda: len(sandbox.requests("slack")) == 8, timeout=30)
+        wait_for(finish_waiting_on_a_lock, timeout=10)  # the first message's batch, stuck
+        time.sleep(2.0)  # the other seven replies (0.6 s) are in: their receipts queue up
+        hold_first.rollback()  # the first batch commits; the next takes the seven queued
+        wait_for(lambda: all(locked(r) for r in rest[:-1]), timeout=10)
+        assert finish_waiting_on_a_lock()  # ... and waits on the last one's held row
+        worker.kill()
+        hold_last.rollback()  # the killed batch's statement ends; its transaction is lost
+        wait_for(lambda: not finish_waiting_on_a_lock(), timeout=10)
+        wait_for(lambda: not any(locked(r) for r in rest), timeout=10)
+
+        ids = [r["message_id"] for r in requests]
+        assert terminal_counts(ids) == {first["message_id"]: 1}  # none of the seven committed
+        assert {store.get_dispatch(uuid.UUID(r["message_id"]))["state"]  # type: ignore[index]
+                for r in rest} == {"sending"}
+
+        worker.start()
+        wait_for(lambda: len(terminal_counts(ids)) == 8, timeout=90, interval=0.5)
+        time.sleep(12)  # the killed worker's messages come back after the visibility timeout
+    finally:
+        sandbox.latency = 0.0
+        for conn in (hold_first, hold_last):
+            conn.close()
+        admin.dispose()
+
+    assert terminal_counts(ids) == dict.fromkeys(ids, 1)
+    rows = {i: store.terminal_row(uuid.UUID(i)) for i in ids}
+    assert {r["outcome"] for r in rows.values()} == {"SENT"}  # type: ignore[index]
+    assert all(r["recipient"] != "held" for r in rows.values())  # type: ignore[index]
