@@ -63,8 +63,8 @@ class Settings(BaseSettings):
     #: PostgreSQL: threads accepting requests or writing receipts at the same moment share one
     #: statement and one commit (worker/store/group_commit.py). Off: one transaction each.
     comms_db_group_commit: bool = True
-    #: Seconds a group-commit leader waits for more writes to join, when its previous batch had
-    #: company (under load only). A throughput/latency trade measured in docs/scaling.md.
+    #: Seconds a group-commit leader waits for more writes to join, only under load (a batch had
+    #: company within the last second). A throughput/latency trade measured in docs/scaling.md.
     comms_db_group_commit_delay: float = Field(default=0.003, ge=0.0, le=0.1)
     #: HTTP timeouts (s) for every vendor call: connect, read.
     comms_http_connect_timeout: float = 5.0

@@ -4,6 +4,7 @@ forced by holding the leader), then the store's batched writes on the real Postg
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -37,8 +38,9 @@ class Held:
     and are written together in the next batch."""
 
     def __init__(self, write_many: Callable[[Sequence[Any]], Sequence[Any]],
-                 write_one: Callable[[Any], Any], *, max_batch: int = 256,
-                 delay: Callable[[], float] = lambda: 0.0, load_memory: float = 1.0) -> None:
+                 write_one: Callable[[Any], Any], *, key: Callable[[Any], Any] = lambda x: x,
+                 max_batch: int = 256, delay: Callable[[], float] = lambda: 0.0,
+                 load_memory: float = 1.0) -> None:
         self.batches: list[list[Any]] = []
         self.gate = threading.Event()
 
@@ -48,8 +50,8 @@ class Held:
             self.batches.append(list(items))
             return write_many(items)
 
-        self.group = GroupCommit(held_write_many, write_one, max_batch=max_batch, delay=delay,
-                                 load_memory=load_memory)
+        self.group = GroupCommit(held_write_many, write_one, key=key, max_batch=max_batch,
+                                 delay=delay, load_memory=load_memory)
         self.results: dict[Any, Any] = {}
 
     def call(self, key: Any, item: Any) -> threading.Thread:
@@ -63,17 +65,31 @@ class Held:
         thread.start()
         return thread
 
+    def queued(self, n: int) -> bool:
+        return len(self.group._queue) == n
+
     def run_together(self, first: Any, items: dict[Any, Any]) -> dict[Any, Any]:
         """`first` alone in the held batch, then `items` queued behind it, written together."""
         threads = [self.call("first", first)]
         wait_for(lambda: bool(self.batches) or self.group._writing, timeout=5)
-        threads += [self.call(key, item) for key, item in items.items()]
-        wait_for(lambda: len(self.group._queue) == len(items), timeout=5)
+        for queued, (key, item) in enumerate(items.items(), 1):  # queued in this order
+            threads.append(self.call(key, item))
+            wait_for(functools.partial(self.queued, queued), timeout=5)
         self.gate.set()
         for t in threads:
             t.join(10)
         assert not any(t.is_alive() for t in threads)
         return self.results
+
+
+def in_one_batch(write_many: Callable[[Sequence[Any]], Sequence[Any]],
+                 write_one: Callable[[Any], Any], key: Callable[[Any], Any],
+                 items: list[Any]) -> list[Any]:
+    """What each caller of `items` gets: the first alone, then the rest queued in order and
+    written as one batch."""
+    results = Held(write_many, write_one, key=key).run_together(
+        items[0], dict(enumerate(items[1:], 1)))
+    return [results["first"], *(results[n] for n in range(1, len(items)))]
 
 
 # -- the primitive ------------------------------------------------------------------------------
@@ -238,13 +254,14 @@ def rows(sql: str, **params: Any) -> list[tuple[Any, ...]]:
 
 @pytest.mark.usefixtures("clean")
 def test_accepting_many_records_each_request_once_and_reports_repeats() -> None:
-    from worker.store.dispatches import Accepted, _accept_many, _accept_one
+    from worker.store.dispatches import Accepted, _accept_many, _accept_one, message_key
 
     old, new, twice = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     _accept_one(accept_binds(old, b_state="queued", b_holder=None, b_lease_until=None,
                              b_attempts=0))
-    got = _accept_many([accept_binds(new), accept_binds(old), accept_binds(twice),
-                        accept_binds(twice, b_holder="redelivered:0")])
+    got = in_one_batch(_accept_many, _accept_one, message_key, [
+        accept_binds(new), accept_binds(old), accept_binds(twice),
+        accept_binds(twice, b_holder="redelivered:0")])
     assert got == [Accepted(True, "sending"), Accepted(False, "queued"),
                    Accepted(True, "sending"), Accepted(False, "sending")]
     stored = rows("SELECT message_id, channel, recipient, priority, signal_type, severity, "
@@ -258,13 +275,13 @@ def test_accepting_many_records_each_request_once_and_reports_repeats() -> None:
 
 @pytest.mark.usefixtures("clean")
 def test_finishing_many_writes_one_terminal_row_each_and_fills_only_missing_ones() -> None:
-    from worker.store.dispatches import _accept_many, _finish_many, _finish_one
+    from worker.store.dispatches import _accept_many, _finish_many, _finish_one, message_key
 
     sent, failed, done_before, twice = (uuid.uuid4() for _ in range(4))
     _accept_many([accept_binds(m) for m in (sent, failed, done_before, twice)])
     assert _finish_one(finish_binds(done_before, response_id="first")) is True
 
-    got = _finish_many([
+    got = in_one_batch(_finish_many, _finish_one, message_key, [
         finish_binds(sent, response_id="ts-1", retry_count=2),
         finish_binds(failed, "FAILED", response_id=None, error="HTTP 400: bad"),
         finish_binds(done_before, response_id="second"),
@@ -304,11 +321,11 @@ def test_a_terminal_state_without_its_row_gets_the_row_in_a_batch_too() -> None:
 
 @pytest.mark.usefixtures("clean")
 def test_a_write_after_the_commit_that_fails_leaves_the_batch_answered_as_written() -> None:
-    from worker.store.dispatches import _accept_many, _finish_many, _finish_one
+    from worker.store.dispatches import _accept_many, _finish_many, _finish_one, message_key
 
     sent, failed = uuid.uuid4(), uuid.uuid4()
     _accept_many([accept_binds(sent), accept_binds(failed)])
-    held = Held(_finish_many, _finish_one)
+    held = Held(_finish_many, _finish_one, key=message_key)
     results = held.run_together(finish_binds(sent), {
         failed: finish_binds(failed, "FAILED", error="HTTP 500"),
         "again": finish_binds(failed, "FAILED", error="HTTP 500"),
@@ -322,10 +339,10 @@ def test_a_write_after_the_commit_that_fails_leaves_the_batch_answered_as_writte
 
 @pytest.mark.usefixtures("clean")
 def test_a_request_the_database_refuses_fails_alone_and_its_batch_is_recorded() -> None:
-    from worker.store.dispatches import Accepted, _accept_many, _accept_one
+    from worker.store.dispatches import Accepted, _accept_many, _accept_one, message_key
 
     good, bad, also_good, first = (uuid.uuid4() for _ in range(4))
-    held = Held(_accept_many, _accept_one)
+    held = Held(_accept_many, _accept_one, key=message_key)
     results = held.run_together(accept_binds(first), {
         good: accept_binds(good),
         bad: accept_binds(bad, b_priority="far-too-long-for-the-column"),
@@ -405,7 +422,7 @@ def test_merging_profiles_in_one_batch_leaves_what_merging_them_one_by_one_leave
     alone = [_merge_one(m) for m in merges]
     alone_state = (contacts_table(), tokens_table())
     seed()
-    together = _merge_many(merges)
+    together = in_one_batch(_merge_many, _merge_one, lambda m: m.email, merges)
 
     assert together == alone
     assert (contacts_table(), tokens_table()) == alone_state

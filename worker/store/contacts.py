@@ -164,23 +164,21 @@ ORDER BY t.created_at DESC
 """
 
 
-def _merge_many(batch: Sequence[_Merge]) -> list[Contact | Exception]:
-    """`_merge_one` for many requests. A recipient twice in the batch is merged once here and
-    again alone afterwards, so each caller sees the contact as its own merge left it."""
-    # First of each recipient, in key order: two processes' batches lock the same rows in the
-    # same order, so they wait for each other instead of deadlocking.
-    once = sorted({m.email: m for m in reversed(batch)}.values(), key=lambda m: m.email)
-    with_token = sorted((m for m in once if m.token), key=lambda m: str(m.token))
+def _merge_many(batch: Sequence[_Merge]) -> list[Contact]:
+    """`_merge_one` for many requests, one per recipient (GroupCommit writes a recipient's
+    second merge alone afterwards, so each caller sees the contact as its own merge left it)."""
+    # Tokens in their own key order: batches lock shared token rows in one order too.
+    with_token = sorted((m for m in batch if m.token), key=lambda m: str(m.token))
     with transaction() as conn:
         conn.exec_driver_sql(_MERGE_MANY, {
-            "email": [m.email for m in once], "now": [m.now for m in once],
-            **{k: [m.values.get(k) for m in once] for k in PROFILE_FIELDS}})
+            "email": [m.email for m in batch], "now": [m.now for m in batch],
+            **{k: [m.values.get(k) for m in batch] for k in PROFILE_FIELDS}})
         if with_token:
             conn.exec_driver_sql(_ADD_TOKENS, {
                 "token": [m.token for m in with_token], "email": [m.email for m in with_token],
                 "now": [m.now for m in with_token]})
         found: dict[str, Contact] = {}
-        for row in conn.exec_driver_sql(_CONTACTS, {"email": [m.email for m in once]}):
+        for row in conn.exec_driver_sql(_CONTACTS, {"email": [m.email for m in batch]}):
             known = found.get(row.email)
             found[row.email] = replace(
                 known or Contact(email=row.email, name=row.name, phone=row.phone,
@@ -189,18 +187,11 @@ def _merge_many(batch: Sequence[_Merge]) -> list[Contact | Exception]:
                                  email_unsubscribed=row.email_unsubscribed),
                 fcm_tokens=(*(known.fcm_tokens if known else ()),
                             *((row.token,) if row.token is not None else ())))
-    merged: set[str] = set()
-    results: list[Contact | Exception] = []
-    for m in batch:
-        if m.email in merged:
-            results.append(group_commit.alone(_merge_one, m))
-        else:
-            merged.add(m.email)
-            results.append(found[m.email])
-    return results
+    return [found[m.email] for m in batch]
 
 
-_merge_group = GroupCommit(_merge_many, _merge_one, delay=group_commit.configured_delay)
+_merge_group = GroupCommit(_merge_many, _merge_one, key=lambda m: m.email,
+                           delay=group_commit.configured_delay)
 
 
 def set_flags(email: str, **flags: bool) -> None:

@@ -251,11 +251,10 @@ def _accept_one(binds: dict[str, Any]) -> Accepted:
 
 
 def _accept_many(batch: Sequence[dict[str, Any]]) -> list[Accepted]:
-    """`_accept_one` for many requests: one INSERT and at most one SELECT, one transaction."""
-    in_key_order = sorted(batch, key=lambda b: b["b_mid"])  # rows locked in one order
-
+    """`_accept_one` for many requests (one per message, GroupCommit sees to it): one INSERT and
+    at most one SELECT, one transaction."""
     def column(key: str) -> list[Any]:
-        return [b[key] for b in in_key_order]
+        return [b[key] for b in batch]
 
     with transaction() as conn:
         inserted = {uuid.UUID(str(m)) for m in conn.exec_driver_sql(_ACCEPT_MANY, {
@@ -268,19 +267,11 @@ def _accept_many(batch: Sequence[dict[str, Any]]) -> list[Accepted]:
             "lease_until": column("b_lease_until"), "attempts": column("b_attempts"),
             "now": column("b_now"),
         }).scalars()}
-        # A message twice in one batch (a redelivery racing the original) is new only once.
-        first: dict[uuid.UUID, int] = {}
-        for i, b in enumerate(batch):
-            first.setdefault(b["b_mid"], i)
-        repeats = [str(b["b_mid"]) for i, b in enumerate(batch)
-                   if b["b_mid"] not in inserted or first[b["b_mid"]] != i]
+        known = [str(b["b_mid"]) for b in batch if b["b_mid"] not in inserted]
         states = {uuid.UUID(str(m)): state for m, state in conn.exec_driver_sql(
-            _STATES, {"mid": repeats}).all()} if repeats else {}
-    return [
-        Accepted(True, b["b_state"]) if b["b_mid"] in inserted and first[b["b_mid"]] == i
-        else Accepted(False, states[b["b_mid"]])
-        for i, b in enumerate(batch)
-    ]
+            _STATES, {"mid": known}).all()} if known else {}
+    return [Accepted(True, b["b_state"]) if b["b_mid"] in inserted
+            else Accepted(False, states[b["b_mid"]]) for b in batch]
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,37 +417,34 @@ def _finish_one(binds: dict[str, Any], *, write_receipt: bool = True) -> bool:
 
 
 def _finish_many(batch: Sequence[dict[str, Any]]) -> list[bool | Exception]:
-    """`_finish_one` for many messages: the state changes and the terminal rows in one statement.
-    A message it did not settle (already terminal, or twice in the batch) goes the one-row way
-    afterwards, which fills a missing terminal row exactly as a lone call would; what that raises
-    goes to its caller alone (the batch is committed: run again, its callers would be told that
-    their rows were not written now, and a failure's fallback would not start)."""
-    # First of each message, in key order (rows locked in one order: no deadlock between batches).
-    once = sorted({b["b_mid"]: b for b in reversed(batch)}.values(), key=lambda b: b["b_mid"])
+    """`_finish_one` for many messages (one each): the state changes and the terminal rows in one
+    statement. A message it did not settle (already terminal) goes the one-row way afterwards,
+    which fills a missing terminal row exactly as a lone call would; what that raises goes to its
+    caller alone (the batch is committed: run again, its callers would be told that their rows
+    were not written now, and a failure's fallback would not start)."""
     with transaction() as conn:
         written = {uuid.UUID(str(m)) for m in conn.exec_driver_sql(_FINISH_MANY, {
-            "mid": [str(b["b_mid"]) for b in once],
-            "state": [b["b_state"] for b in once],
-            "outcome": [b["l_outcome"] for b in once],
-            "response_id": [b["b_response_id"] for b in once],
-            "error": [b["b_error"] for b in once],
-            "retry_count": [b["l_retry_count"] for b in once],
-            "now": [b["b_now"] for b in once],
+            "mid": [str(b["b_mid"]) for b in batch],
+            "state": [b["b_state"] for b in batch],
+            "outcome": [b["l_outcome"] for b in batch],
+            "response_id": [b["b_response_id"] for b in batch],
+            "error": [b["b_error"] for b in batch],
+            "retry_count": [b["l_retry_count"] for b in batch],
+            "now": [b["b_now"] for b in batch],
         }).scalars()}
-    settled: set[uuid.UUID] = set()
-    results: list[bool | Exception] = []
-    for b in batch:
-        mid = b["b_mid"]
-        if mid in written and mid not in settled:
-            settled.add(mid)
-            results.append(True)
-        else:
-            results.append(group_commit.alone(_finish_one, b))
-    return results
+    return [True if b["b_mid"] in written else group_commit.alone(_finish_one, b)
+            for b in batch]
 
 
-_accept_group = GroupCommit(_accept_many, _accept_one, delay=group_commit.configured_delay)
-_finish_group = GroupCommit(_finish_many, _finish_one, delay=group_commit.configured_delay)
+def message_key(binds: dict[str, Any]) -> uuid.UUID:
+    """The row a dispatch write takes: its message."""
+    return cast(uuid.UUID, binds["b_mid"])
+
+
+_accept_group = GroupCommit(_accept_many, _accept_one, key=message_key,
+                            delay=group_commit.configured_delay)
+_finish_group = GroupCommit(_finish_many, _finish_one, key=message_key,
+                            delay=group_commit.configured_delay)
 
 
 def write_terminal_receipt(

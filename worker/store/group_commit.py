@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from config.settings import get_settings
 from worker.store.db import get_engine, is_connection_problem
@@ -65,6 +65,12 @@ class _Slot(Generic[Item]):
 class GroupCommit(Generic[Item, Result]):
     """Call `write_many` with every item submitted while the previous batch was being written.
 
+    `write_many` gets one item per `key` (the row it writes), in key order: two processes'
+    batches then lock shared rows in the same order and wait for each other instead of
+    deadlocking, and no statement meets its own key twice. An item whose key is already in the
+    batch is written alone with `write_one` after the commit, so its caller gets what a lone
+    write coming second would get.
+
     `write_many(items)` writes them all in one transaction and returns one result per item, in
     order; an exception in place of a result is raised to that item's caller alone (for work
     done per item after the commit, which must not make the whole batch run again). When
@@ -83,12 +89,14 @@ class GroupCommit(Generic[Item, Result]):
         write_many: Callable[[Sequence[Item]], Sequence[Result | Exception]],
         write_one: Callable[[Item], Result],
         *,
+        key: Callable[[Item], Any],
         max_batch: int = 256,
         delay: Callable[[], float] = lambda: 0.0,
         load_memory: float = LOAD_MEMORY,
     ) -> None:
         self._write_many = write_many
         self._write_one = write_one
+        self._key = key
         self._max_batch = max_batch
         self._delay = delay
         self._load_memory = load_memory
@@ -132,8 +140,17 @@ class GroupCommit(Generic[Item, Result]):
         return slot.result  # type: ignore[return-value]
 
     def _write(self, batch: list[_Slot[Item]]) -> None:
+        firsts: dict[Any, _Slot[Item]] = {}
+        repeats: list[_Slot[Item]] = []
+        for s in batch:
+            key = self._key(s.item)
+            if key in firsts:
+                repeats.append(s)
+            else:
+                firsts[key] = s
+        unique = [firsts[key] for key in sorted(firsts)]
         try:
-            results = self._write_many([s.item for s in batch])
+            results = self._write_many([s.item for s in unique])
         except Exception as exc:
             if len(batch) == 1 or is_connection_problem(exc):
                 for s in batch:
@@ -145,8 +162,14 @@ class GroupCommit(Generic[Item, Result]):
                 except Exception as one_exc:
                     s.error = one_exc
             return
-        for s, result in zip(batch, results, strict=True):
-            if isinstance(result, Exception):
-                s.error = result
-            else:
-                s.result = result
+        for s, result in zip(unique, results, strict=True):
+            _settle(s, result)
+        for s in repeats:  # after the commit, as a lone write coming second
+            _settle(s, alone(self._write_one, s.item))
+
+
+def _settle(slot: _Slot[Item], result: object) -> None:
+    if isinstance(result, Exception):
+        slot.error = result
+    else:
+        slot.result = result
