@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import wait_for
-from worker.bench import Options, Phase, figures, idle_share, machine_jiffies
+from worker.bench import (
+    CLOCK_TICKS,
+    Options,
+    Phase,
+    context_switches,
+    environment,
+    figures,
+    idle_share,
+    machine_jiffies,
+)
 
 
-def _phase(messages: int, seconds: float, cpu: dict[str, float], **extra: int) -> Phase:
+def _phase(messages: int, seconds: float, cpu: dict[str, float], **extra: Any) -> Phase:
     return Phase(messages, seconds, round(messages / seconds, 1), seconds / 2, cpu, **extra)
 
 
 def test_figures_are_same_run_ratios_and_per_message_costs():
     dispatch = _phase(1000, 4.0, {"workers": 4.0, "bench": 0.5, "sandbox": 0.5, "redis": 0.5,
                                   "postgres": 0.5}, redis_commands=10_000, pg_transactions=2_500)
+    dispatch.context_switches = {"voluntary": 30_000, "involuntary": 12_500}
     ref = {"bare": _phase(1000, 1.0, {"workers": 1.0}), "naive": _phase(1000, 5.0, {}, lost=3)}
     redis = {"used_memory": 1000, "keys_expiring": 0, "keys_without_ttl": 0}
     prod = {"dispatch": dispatch, "latency": {"rate": 125.0, "p50_ms": 6.0, "p99_ms": 16.0},
@@ -34,6 +48,7 @@ def test_figures_are_same_run_ratios_and_per_message_costs():
     assert out["machine_cpu_seconds_per_1000"] == 6.0
     assert out["cpu_busy_share"] == round(6.0 / (4.0 * (os.cpu_count() or 1)), 2)
     assert out["redis_commands_per_message"] == 10.0
+    assert out["worker_context_switches_per_message"] == 42.5
     assert out["pg_transactions_per_message"] == 2.5
     assert out["redis_memory_within_10pct"] is True
     assert out["latency_p99_ms"] == 16.0
@@ -82,4 +97,67 @@ def test_postgres_cpu_counts_a_backend_that_exited_during_the_phase(database: st
     wait_for(lambda: not os.path.exists(f"/proc/{backend}"), timeout=10)
 
     assert busy >= 0.1
-    assert meters.postgres_cpu() - before >= busy
+    # Both readings are whole clock ticks; the difference of two float sums of them can fall a
+    # hair short of `busy` (216.93 - 216.56 < 0.37): compare to within half a tick.
+    assert meters.postgres_cpu() - before >= busy - 0.5 / CLOCK_TICKS
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux's /proc")
+def test_context_switches_count_every_thread_of_the_process_and_its_children() -> None:
+    """A grandchild whose second thread sleeps 200 times (each sleep blocks: a voluntary switch)
+    and stays alive until the second reading."""
+    script = (
+        "import sys, threading, time\n"
+        "sys.stdin.readline()\n"
+        "slept, release = threading.Event(), threading.Event()\n"
+        "def sleeper():\n"
+        "    for _ in range(200):\n"
+        "        time.sleep(0.001)\n"
+        "    slept.set()\n"
+        "    release.wait()\n"
+        "t = threading.Thread(target=sleeper)\n"
+        "t.start()\n"
+        "slept.wait()\n"
+        "print('done', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "release.set()\n"
+        "t.join()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
+         f"{script!r}])"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert parent.stdin is not None and parent.stdout is not None
+    try:
+        # The sleeper is counted through its parent's /proc children.
+        wait_for(lambda: Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text()
+                 .strip())
+        before = context_switches([parent.pid])
+        parent.stdin.write("go\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline().strip() == "done"
+        after = context_switches([parent.pid])
+    finally:
+        parent.stdin.write("end\n")
+        parent.stdin.flush()
+        parent.wait(10)
+    assert after["voluntary"] - before["voluntary"] >= 200
+    assert after["involuntary"] >= before["involuntary"]
+
+
+def test_the_environment_names_what_makes_two_runs_comparable(database: str,
+                                                               redis_client) -> None:
+    import celery
+    from sqlalchemy import create_engine
+
+    engine = create_engine(database)
+    try:
+        env = environment(engine, redis_client)
+    finally:
+        engine.dispose()
+    assert env["packages"]["celery"] == celery.__version__
+    assert env["packages"]["hiredis"] is not None
+    assert env["python"] == sys.version.split()[0]
+    assert env["postgresql"]["autovacuum"] in ("on", "off")
+    assert env["postgresql"]["server_version"]
+    assert env["redis"] == redis_client.info("server")["redis_version"]

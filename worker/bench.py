@@ -90,6 +90,8 @@ class Phase:
     #: what the per-process figures miss (short-lived PostgreSQL backends, the kernel). None
     #: where /proc/stat is absent.
     idle_share: float | None = None
+    #: The worker processes' context switches during the phase (`context_switches()`).
+    context_switches: dict[str, int] = field(default_factory=dict)
 
 
 # -- infrastructure ------------------------------------------------------------------------------
@@ -206,6 +208,9 @@ class Workers:
     def cpu_seconds(self) -> float:
         return cpu_of(p.pid for p in self.procs)
 
+    def context_switches(self) -> dict[str, int]:
+        return context_switches(p.pid for p in self.procs)
+
     def stop(self) -> None:
         for proc in self.procs:
             with contextlib.suppress(ProcessLookupError):
@@ -258,6 +263,28 @@ def cpu_of(pids: Iterable[int], *, children: bool = True) -> float:
         if children:
             todo.extend(_children(pid))
     return total
+
+
+def context_switches(pids: Iterable[int]) -> dict[str, int]:
+    """Context switches so far of every thread of these processes and their children: `voluntary`
+    (a thread blocked: I/O, a lock, waiting for the GIL) and `involuntary` (preempted by the
+    kernel). Their count per message shows what 64 threads contending for one GIL cost beyond
+    their own work. A thread that exits mid-phase drops out of the sum (the pools keep theirs).
+    Zero off Linux."""
+    totals = {"voluntary": 0, "involuntary": 0}
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        for status in Path(f"/proc/{pid}/task").glob("*/status"):
+            with contextlib.suppress(OSError):
+                for line in status.read_text().splitlines():
+                    name, _, value = line.partition(":")
+                    if name == "voluntary_ctxt_switches":
+                        totals["voluntary"] += int(value)
+                    elif name == "nonvoluntary_ctxt_switches":
+                        totals["involuntary"] += int(value)
+        todo.extend(_children(pid))
+    return totals
 
 
 class Meters:
@@ -434,6 +461,7 @@ def run_phase(n: int, send: Callable[[int], None], count: Callable[[], int], wor
     before = meters.snapshot()
     jiffies = machine_jiffies()
     workers_before = workers.cpu_seconds()
+    switches_before = workers.context_switches()
     start = time.time()
     for i in range(n):
         send(i)
@@ -441,11 +469,12 @@ def run_phase(n: int, send: Callable[[int], None], count: Callable[[], int], wor
     done = wait_for_count(count, already + n, what)
     used = meters.since(before)
     cpu = {"workers": workers.cpu_seconds() - workers_before, **used["cpu"]}
+    switches = {k: v - switches_before[k] for k, v in workers.context_switches().items()}
     seconds = done - start
     return Phase(n, round(seconds, 3), round(n / seconds, 1), round(enqueued - start, 3),
                  {k: round(v, 2) for k, v in cpu.items()},
                  used["redis_commands"], used["pg_transactions"],
-                 idle_share=idle_share(jiffies, machine_jiffies()))
+                 idle_share=idle_share(jiffies, machine_jiffies()), context_switches=switches)
 
 
 def first_generation_terminals(engine: Engine) -> Callable[[], int]:
@@ -605,6 +634,50 @@ def receipt_checks(engine: Engine) -> dict[str, Any]:
     }
 
 
+# -- the environment -----------------------------------------------------------------------------
+
+#: The packages whose version moves the figures (the hot path's libraries).
+PACKAGES = ("celery", "kombu", "redis", "hiredis", "sqlalchemy", "psycopg2-binary", "pydantic",
+            "pydantic-core", "email-validator", "urllib3")
+#: PostgreSQL settings that change its cost per message (autovacuum off: tables never analyzed,
+#: dead rows never reclaimed during a run).
+PG_SETTINGS = ("autovacuum", "synchronous_commit", "fsync", "shared_buffers", "commit_delay",
+               "wal_level", "jit")
+
+
+def environment(engine: Engine, rds: redis.Redis) -> dict[str, Any]:
+    """What two runs must share for their figures to compare: the libraries, the servers and
+    their settings, the CPU."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    with engine.connect() as conn:
+        settings: dict[str, str] = dict(conn.execute(
+            text("SELECT name, setting FROM pg_settings WHERE name = ANY(:names)"),
+            {"names": list(PG_SETTINGS)}).all())
+        server = conn.execute(text("SHOW server_version")).scalar_one()
+    return {
+        "python": sys.version.split()[0],
+        "packages": packages,
+        "cpu_model": cpu_model(),
+        "postgresql": {"server_version": server, **settings},
+        "redis": rds.info("server")["redis_version"],
+    }
+
+
+def cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return None
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -651,6 +724,8 @@ def figures(opts: Options, ref: dict[str, Phase], prod: dict[str, Any],
         machine_cpu_seconds_per_1000=round(machine_cpu * per_k, 2),
         cpu_busy_share=round(machine_cpu / (dispatch.seconds * (os.cpu_count() or 1)), 2),
         machine_idle_share=dispatch.idle_share,
+        worker_context_switches_per_message=round(
+            sum(dispatch.context_switches.values()) / dispatch.messages, 1),
         redis_commands_per_message=round(dispatch.redis_commands / dispatch.messages, 1),
         pg_transactions_per_message=round(dispatch.pg_transactions / dispatch.messages, 2),
         redis_memory_before=prod["redis_before"]["used_memory"],
@@ -695,6 +770,7 @@ def _run(opts: Options) -> dict[str, Any]:
     try:
         env = worker_env(opts, sandbox, fcm_dir)
         meters = Meters(rds, engine, sandbox)
+        env_info = environment(engine, rds)
         ref = {} if opts.skip_reference else reference_phases(opts, env, engine, meters, logs)
         prod = product_phases(opts, env, engine, meters, sandbox, logs)
         checks = receipt_checks(engine)
@@ -707,7 +783,8 @@ def _run(opts: Options) -> dict[str, Any]:
         "options": asdict(opts),
         "machine": {"nproc": os.cpu_count(), "date": stamp,
                     "memory_gb": round(
-                        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+                        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+                    **env_info},
         "phases": {name: asdict(phase) for name, phase in ref.items()}
         | {"dispatch": asdict(prod["dispatch"])},
         "latency": prod["latency"],
