@@ -29,7 +29,8 @@ def _phase(messages: int, seconds: float, cpu: dict[str, float], **extra: Any) -
 
 def test_figures_are_same_run_ratios_and_per_message_costs():
     dispatch = _phase(1000, 4.0, {"workers": 4.0, "bench": 0.5, "sandbox": 0.5, "redis": 0.5,
-                                  "postgres": 0.5}, redis_commands=10_000, pg_transactions=2_500)
+                                  "postgres": 0.5}, redis_commands=10_000, pg_transactions=2_500,
+                      pg_wal_bytes=3_456_789)
     dispatch.context_switches = {"voluntary": 30_000, "involuntary": 12_500}
     ref = {"bare": _phase(1000, 1.0, {"workers": 1.0}), "naive": _phase(1000, 5.0, {}, lost=3)}
     redis = {"used_memory": 1000, "keys_expiring": 0, "keys_without_ttl": 0}
@@ -50,6 +51,7 @@ def test_figures_are_same_run_ratios_and_per_message_costs():
     assert out["redis_commands_per_message"] == 10.0
     assert out["worker_context_switches_per_message"] == 42.5
     assert out["pg_transactions_per_message"] == 2.5
+    assert out["pg_wal_bytes_per_message"] == 3457
     assert out["redis_memory_within_10pct"] is True
     assert out["latency_p99_ms"] == 16.0
     assert out["machine_idle_share"] is None
@@ -161,3 +163,25 @@ def test_the_environment_names_what_makes_two_runs_comparable(database: str,
     assert env["postgresql"]["autovacuum"] in ("on", "off")
     assert env["postgresql"]["server_version"]
     assert env["redis"] == redis_client.info("server")["redis_version"]
+
+
+def test_wal_bytes_count_what_postgresql_wrote_since_a_position(database: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    from worker.bench import Meters
+
+    meters = Meters.__new__(Meters)  # only the PostgreSQL meters: no Redis, no sandbox
+    meters.engine = create_engine(database)
+    try:
+        before = meters.wal_position()
+        # A regular table: temporary and unlogged ones write no WAL.
+        with meters.engine.begin() as conn:
+            conn.execute(text("CREATE TABLE IF NOT EXISTS bench_wal_probe (t text)"))
+            conn.execute(text("INSERT INTO bench_wal_probe SELECT repeat('x', 1000)"
+                              " FROM generate_series(1, 1000)"))
+        written = meters.wal_bytes_since(before)
+    finally:
+        with meters.engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS bench_wal_probe"))
+        meters.engine.dispose()
+    assert 1_000_000 <= written < 50_000_000  # 1 000 rows of 1 KB, logged once each

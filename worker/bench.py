@@ -84,6 +84,8 @@ class Phase:
     cpu: dict[str, float] = field(default_factory=dict)
     redis_commands: int = 0
     pg_transactions: int = 0
+    #: Bytes of PostgreSQL write-ahead log written during the phase (the whole server's).
+    pg_wal_bytes: int = 0
     #: Messages that ended without their row (the naive implementation has no retries).
     lost: int = 0
     #: Share of the machine's CPU time left idle during the phase, from /proc/stat: it also sees
@@ -323,6 +325,17 @@ class Meters:
             ).scalar_one()
         return int(value)
 
+    def wal_position(self) -> str:
+        with self.engine.connect() as conn:
+            return str(conn.execute(text("SELECT pg_current_wal_lsn()")).scalar_one())
+
+    def wal_bytes_since(self, before: str) -> int:
+        """WAL written since the position `before`: what replicas receive and the disk absorbs."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(
+                text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), CAST(:b AS pg_lsn))"),
+                {"b": before}).scalar_one())
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "bench": cpu_of([os.getpid()], children=False),
@@ -331,6 +344,7 @@ class Meters:
             "postgres": self.postgres_cpu(),
             "redis_commands": int(self.rds.info("stats")["total_commands_processed"]),
             "pg_transactions": self.pg_transactions(),
+            "pg_wal": self.wal_position(),
         }
 
     def since(self, before: dict[str, Any]) -> dict[str, Any]:
@@ -345,6 +359,7 @@ class Meters:
             "redis_commands": after["redis_commands"] - before["redis_commands"],
             # Minus the bench's own polling, roughly one per poll (not subtracted: small).
             "pg_transactions": after["pg_transactions"] - before["pg_transactions"],
+            "pg_wal_bytes": self.wal_bytes_since(before["pg_wal"]),
         }
 
 
@@ -473,7 +488,7 @@ def run_phase(n: int, send: Callable[[int], None], count: Callable[[], int], wor
     seconds = done - start
     return Phase(n, round(seconds, 3), round(n / seconds, 1), round(enqueued - start, 3),
                  {k: round(v, 2) for k, v in cpu.items()},
-                 used["redis_commands"], used["pg_transactions"],
+                 used["redis_commands"], used["pg_transactions"], used["pg_wal_bytes"],
                  idle_share=idle_share(jiffies, machine_jiffies()), context_switches=switches)
 
 
@@ -728,6 +743,7 @@ def figures(opts: Options, ref: dict[str, Phase], prod: dict[str, Any],
             sum(dispatch.context_switches.values()) / dispatch.messages, 1),
         redis_commands_per_message=round(dispatch.redis_commands / dispatch.messages, 1),
         pg_transactions_per_message=round(dispatch.pg_transactions / dispatch.messages, 2),
+        pg_wal_bytes_per_message=round(dispatch.pg_wal_bytes / dispatch.messages),
         redis_memory_before=prod["redis_before"]["used_memory"],
         redis_memory_after=prod["redis_after"]["used_memory"],
         redis_memory_within_10pct=prod["redis_after"]["used_memory"]
