@@ -185,3 +185,46 @@ def test_wal_bytes_count_what_postgresql_wrote_since_a_position(database: str) -
             conn.execute(text("DROP TABLE IF EXISTS bench_wal_probe"))
         meters.engine.dispose()
     assert 1_000_000 <= written < 50_000_000  # 1 000 rows of 1 KB, logged once each
+
+
+class _Run:
+    """A phase on a simulated clock: rows arrive at `rate` per second from t = 0."""
+
+    def __init__(self, rate: float, target: int) -> None:
+        self.now = 0.0
+        self.rate = rate
+        self.target = target
+        self.polls = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def count(self) -> int:
+        self.polls += 1
+        return min(self.target, int(self.rate * self.now))
+
+
+@pytest.mark.parametrize("rate", [300.0, 1500.0])
+def test_the_finish_line_is_polled_seldom_but_seen_within_the_closest_interval(rate: float):
+    from worker.bench import POLL_MIN, wait_for_count
+
+    run = _Run(rate, 20_000)
+    seen_at = wait_for_count(run.count, run.target, "bench", clock=run.clock, sleep=run.sleep)
+
+    finished_at = run.target / rate
+    assert finished_at <= seen_at <= finished_at + POLL_MIN + 1e-9
+    # Every 50 ms would be 20 polls a second: 1 334 at 300/s, 267 at 1 500/s.
+    assert run.polls < finished_at * 20 / 4
+
+
+def test_a_count_that_stops_moving_ends_the_phase_as_stuck():
+    from worker.bench import STALL_SECONDS, wait_for_count
+
+    run = _Run(100.0, 20_000)
+    run.rate = 0.0
+    with pytest.raises(RuntimeError, match="stuck at 0/20000"):
+        wait_for_count(run.count, run.target, "bench", clock=run.clock, sleep=run.sleep)
+    assert STALL_SECONDS < run.now <= STALL_SECONDS + 1

@@ -363,18 +363,38 @@ class Meters:
         }
 
 
-def wait_for_count(count: Callable[[], int], target: int, what: str) -> float:
-    """Poll until `count()` reaches `target`; the time.time() it was seen there."""
-    last, last_change = -1, time.monotonic()
+#: Polls of the finish line: never further apart than this, never closer than POLL_MIN.
+POLL_MAX = 0.5
+POLL_MIN = 0.05
+
+
+def wait_for_count(count: Callable[[], int], target: int, what: str, *,
+                   clock: Callable[[], float] = time.time,
+                   sleep: Callable[[float], None] = time.sleep) -> float:
+    """Poll until `count()` reaches `target`; the clock() time it was seen there.
+
+    The product's count is a query over comms_log that grows with the run (≈ 6 ms at 20 000
+    rows): polled every 50 ms it took ≈ 0.17 ms of PostgreSQL CPU per message from the run it
+    measures. So the poll waits a quarter of the time the current rate needs to finish
+    (POLL_MAX at most), and closes in to POLL_MIN at the end: the finish is still seen within
+    POLL_MIN of when it happens while the rate holds."""
+    last, last_change = -1, clock()
+    previous: tuple[float, int] | None = None
     while True:
         seen = count()
+        now = clock()
         if seen >= target:
-            return time.time()
+            return now
         if seen != last:
-            last, last_change = seen, time.monotonic()
-        elif time.monotonic() - last_change > STALL_SECONDS:
+            last, last_change = seen, now
+        elif now - last_change > STALL_SECONDS:
             raise RuntimeError(f"{what}: stuck at {seen}/{target} for {STALL_SECONDS:.0f}s")
-        time.sleep(0.05)
+        pause = POLL_MIN
+        if previous is not None and now > previous[0] and seen > previous[1]:
+            rate = (seen - previous[1]) / (now - previous[0])
+            pause = min(POLL_MAX, max(POLL_MIN, (target - seen) / rate / 4))
+        previous = (now, seen)
+        sleep(pause)
 
 
 # -- requests ------------------------------------------------------------------------------------
