@@ -373,11 +373,12 @@ def wait_for_count(count: Callable[[], int], target: int, what: str, *,
                    sleep: Callable[[float], None] = time.sleep) -> float:
     """Poll until `count()` reaches `target`; the clock() time it was seen there.
 
-    The product's count is a query over comms_log that grows with the run (≈ 6 ms at 20 000
-    rows): polled every 50 ms it took ≈ 0.17 ms of PostgreSQL CPU per message from the run it
-    measures. So the poll waits a quarter of the time the current rate needs to finish
-    (POLL_MAX at most), and closes in to POLL_MIN at the end: the finish is still seen within
-    POLL_MIN of when it happens while the rate holds."""
+    The product's count is a query over comms_log whose cost grows with the run (2.4 ms of
+    PostgreSQL CPU at 8 400 rows): polled every 50 ms through a 20 000-message run it would take
+    ≈ 0.16 ms of PostgreSQL CPU per message from the run it measures. So the poll waits a
+    quarter of the time the current rate needs to finish (POLL_MAX at most), and closes in to
+    POLL_MIN at the end: the finish is still seen within POLL_MIN of when it happens while the
+    rate holds."""
     last, last_change = -1, clock()
     previous: tuple[float, int] | None = None
     while True:
