@@ -172,14 +172,15 @@ def test_wal_bytes_count_what_postgresql_wrote_since_a_position(database: str) -
 
     meters = Meters.__new__(Meters)  # only the PostgreSQL meters: no Redis, no sandbox
     meters.engine = create_engine(database)
+    meters.database = meters.engine.url.database
     try:
-        before = meters.wal_position()
+        before = meters.pg_counters()["pg_wal"]
         # A regular table: temporary and unlogged ones write no WAL.
         with meters.engine.begin() as conn:
             conn.execute(text("CREATE TABLE IF NOT EXISTS bench_wal_probe (t text)"))
             conn.execute(text("INSERT INTO bench_wal_probe SELECT repeat('x', 1000)"
                               " FROM generate_series(1, 1000)"))
-        written = meters.wal_bytes_since(before)
+        written = meters.pg_counters()["pg_wal"] - before
     finally:
         with meters.engine.begin() as conn:
             conn.execute(text("DROP TABLE IF EXISTS bench_wal_probe"))

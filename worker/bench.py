@@ -255,16 +255,18 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def cpu_of(pids: Iterable[int], *, children: bool = True) -> float:
-    """User + system CPU seconds of these processes (and their children, e.g. prefork's)."""
-    total = 0.0
+def with_descendants(pids: Iterable[int]) -> Iterator[int]:
+    """These processes and every process under them (e.g. prefork's children)."""
     todo = list(pids)
     while todo:
         pid = todo.pop()
-        total += _proc_cpu(pid)
-        if children:
-            todo.extend(_children(pid))
-    return total
+        yield pid
+        todo.extend(_children(pid))
+
+
+def cpu_of(pids: Iterable[int], *, children: bool = True) -> float:
+    """User + system CPU seconds of these processes (and their children, e.g. prefork's)."""
+    return sum(_proc_cpu(pid) for pid in (with_descendants(pids) if children else pids))
 
 
 def context_switches(pids: Iterable[int]) -> dict[str, int]:
@@ -274,9 +276,7 @@ def context_switches(pids: Iterable[int]) -> dict[str, int]:
     their own work. A thread that exits mid-phase drops out of the sum (the pools keep theirs).
     Zero off Linux."""
     totals = {"voluntary": 0, "involuntary": 0}
-    todo = list(pids)
-    while todo:
-        pid = todo.pop()
+    for pid in with_descendants(pids):
         for status in Path(f"/proc/{pid}/task").glob("*/status"):
             with contextlib.suppress(OSError):
                 for line in status.read_text().splitlines():
@@ -285,7 +285,6 @@ def context_switches(pids: Iterable[int]) -> dict[str, int]:
                         totals["voluntary"] += int(value)
                     elif name == "nonvoluntary_ctxt_switches":
                         totals["involuntary"] += int(value)
-        todo.extend(_children(pid))
     return totals
 
 
@@ -317,24 +316,14 @@ class Meters:
         return _proc_cpu(self.postmaster_pid, reaped=True) + cpu_of(
             _children(self.postmaster_pid), children=False)
 
-    def pg_transactions(self) -> int:
+    def pg_counters(self) -> dict[str, int]:
+        """The database's transactions so far and the server's WAL position in bytes, in one
+        query: `since` subtracts two readings like every other counter."""
         with self.engine.connect() as conn:
-            value = conn.execute(
-                text("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = :d"),
-                {"d": self.database},
-            ).scalar_one()
-        return int(value)
-
-    def wal_position(self) -> str:
-        with self.engine.connect() as conn:
-            return str(conn.execute(text("SELECT pg_current_wal_lsn()")).scalar_one())
-
-    def wal_bytes_since(self, before: str) -> int:
-        """WAL written since the position `before`: what replicas receive and the disk absorbs."""
-        with self.engine.connect() as conn:
-            return int(conn.execute(
-                text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), CAST(:b AS pg_lsn))"),
-                {"b": before}).scalar_one())
+            row = conn.execute(text(
+                "SELECT xact_commit + xact_rollback, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')"
+                " FROM pg_stat_database WHERE datname = :d"), {"d": self.database}).one()
+        return {"pg_transactions": int(row[0]), "pg_wal": int(row[1])}
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -343,8 +332,7 @@ class Meters:
             "redis": cpu_of([self.redis_pid], children=False),
             "postgres": self.postgres_cpu(),
             "redis_commands": int(self.rds.info("stats")["total_commands_processed"]),
-            "pg_transactions": self.pg_transactions(),
-            "pg_wal": self.wal_position(),
+            **self.pg_counters(),
         }
 
     def since(self, before: dict[str, Any]) -> dict[str, Any]:
@@ -359,7 +347,8 @@ class Meters:
             "redis_commands": after["redis_commands"] - before["redis_commands"],
             # Minus the bench's own polling, roughly one per poll (not subtracted: small).
             "pg_transactions": after["pg_transactions"] - before["pg_transactions"],
-            "pg_wal_bytes": self.wal_bytes_since(before["pg_wal"]),
+            # The whole server's WAL: what replicas receive and the disk absorbs.
+            "pg_wal_bytes": after["pg_wal"] - before["pg_wal"],
         }
 
 
